@@ -1,0 +1,143 @@
+"""The MLP, the loss and the HVP against dense float64 references and their definitions."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.flatten_util import ravel_pytree
+
+import hessjax
+from hessjax.flax_mlp import FlaxMLP, from_flax_variables, to_flax_variables
+from hessjax.hvp import dataset_cross_entropy
+
+SIZES = (6, 5, 4, 3)  # 35 + 24 + 15 = 74 parameters
+
+
+@pytest.fixture(scope="module")
+def problem():
+    key = jax.random.PRNGKey(0)
+    k1, k2, k3, k4, k5 = jax.random.split(key, 5)
+    params = hessjax.init_mlp(k1, SIZES, jnp.float64)
+    anchor = hessjax.init_mlp(k2, SIZES, jnp.float64)
+    x = jax.random.uniform(k3, (23, SIZES[0]), jnp.float64)
+    y = jax.random.randint(k4, (23,), 0, SIZES[-1])
+    v = hessjax.init_mlp(k5, SIZES, jnp.float64)
+    return params, anchor, x, y, v
+
+
+def dense_hessian(f, params):
+    flat, unravel = ravel_pytree(params)
+    return jax.hessian(lambda z: f(unravel(z)))(flat)
+
+
+def test_params_layout_matches_torch_linear():
+    params = hessjax.init_mlp(jax.random.PRNGKey(1))
+    assert [(w.shape, b.shape) for w, b in params] == [((128, 784), (128,)), ((128, 128), (128,)), ((10, 128), (10,))]
+    flat, _ = ravel_pytree(params)
+    assert flat.shape == (118_282,) and flat.dtype == jnp.float32
+    # parameters_to_vector order: layer 0 weight (row-major), layer 0 bias, layer 1 weight, ...
+    np.testing.assert_array_equal(flat[:784], params[0][0][0])
+    np.testing.assert_array_equal(flat[128 * 784: 128 * 784 + 128], params[0][1])
+
+
+def test_init_distribution_is_torch_default():
+    params = hessjax.init_mlp(jax.random.PRNGKey(2), (784, 128, 128, 10), jnp.float64)
+    for (w, b), fan_in in zip(params, (784, 128, 128)):
+        bound = 1 / np.sqrt(fan_in)
+        for t in (w, b):
+            t = np.asarray(t)
+            assert np.all(np.abs(t) <= bound)
+        # U(-a, a) has variance a^2/3; 100k weights pin it to ~1%.
+        if w.size > 10_000:
+            np.testing.assert_allclose(np.var(np.asarray(w)), bound**2 / 3, rtol=0.03)
+
+
+def test_apply_mlp_definition(problem):
+    params, _, x, _, _ = problem
+    h = x
+    for i, (w, b) in enumerate(params):
+        h = h @ np.asarray(w).T + np.asarray(b)
+        if i < len(params) - 1:
+            h = 1 / (1 + np.exp(-h))
+    np.testing.assert_allclose(hessjax.apply_mlp(params, x), h, rtol=1e-13)
+
+
+def test_effective_loss_definition(problem):
+    params, anchor, x, y, _ = problem
+    logits = np.asarray(hessjax.apply_mlp(params, x))
+    logp = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    ce = -logp[np.arange(len(y)), np.asarray(y)].mean()
+    dist = np.sum((np.asarray(ravel_pytree(params)[0]) - np.asarray(ravel_pytree(anchor)[0])) ** 2)
+    np.testing.assert_allclose(hessjax.effective_loss(params, anchor, 0.37, x, y), ce + 0.37 * dist, rtol=1e-13)
+
+
+def test_float64_lambda_does_not_promote_float32_model(problem):
+    params, anchor, x, y, _ = problem
+    p32, a32 = jax.tree_util.tree_map(lambda t: t.astype(jnp.float32), (params, anchor))
+    out = hessjax.effective_loss(p32, a32, np.float64(0.01), x.astype(jnp.float32), y)
+    assert out.dtype == jnp.float32
+
+
+def test_hvp_equals_dense_hessian(problem):
+    params, anchor, x, y, v = problem
+    f = lambda p: hessjax.effective_loss(p, anchor, 0.05, x, y)
+    H = dense_hessian(f, params)
+    expected = H @ ravel_pytree(v)[0]
+    got = ravel_pytree(hessjax.hvp(f, params, v))[0]
+    assert np.linalg.norm(got - expected) <= 1e-10 * np.linalg.norm(expected)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 5, 7, 23, 100])
+def test_chunked_dataset_functions_equal_unchunked(problem, chunk_size):
+    params, anchor, x, y, v = problem
+    lam = 0.2
+    chunks = hessjax.chunk_data(x, y, chunk_size)
+    f = lambda p: hessjax.effective_loss(p, anchor, lam, x, y)
+    np.testing.assert_allclose(hessjax.dataset_loss(params, anchor, lam, chunks), f(params), rtol=1e-13)
+    np.testing.assert_allclose(dataset_cross_entropy(params, chunks), hessjax.cross_entropy(params, x, y), rtol=1e-13)
+    g_ref = ravel_pytree(jax.grad(f)(params))[0]
+    np.testing.assert_allclose(ravel_pytree(hessjax.dataset_grad(params, anchor, lam, chunks))[0], g_ref, rtol=1e-11, atol=1e-14)
+    hv_ref = dense_hessian(f, params) @ ravel_pytree(v)[0]
+    hv = hessjax.flat_hessian_matvec(ravel_pytree(v)[0], params, anchor, lam, chunks)
+    assert np.linalg.norm(hv - hv_ref) <= 1e-11 * np.linalg.norm(hv_ref)
+
+
+def test_penalty_shifts_the_spectrum_by_two_lambda(problem):
+    params, anchor, x, y, _ = problem
+    H0 = dense_hessian(lambda p: hessjax.effective_loss(p, anchor, 0.0, x, y), params)
+    H1 = dense_hessian(lambda p: hessjax.effective_loss(p, anchor, 0.3, x, y), params)
+    np.testing.assert_allclose(np.linalg.eigvalsh(H1), np.linalg.eigvalsh(H0) + 0.6, atol=1e-12)
+
+
+def test_hvp_vmaps_over_lambda_like_a_loop(problem):
+    params, anchor, x, y, v = problem
+    chunks = hessjax.chunk_data(x, y, 10)
+    flat_v = ravel_pytree(v)[0]
+    lams = jnp.array([0.0, 0.01, 0.5])
+    batched = jax.jit(jax.vmap(hessjax.flat_hessian_matvec, in_axes=(None, None, None, 0, None)))(
+        flat_v, params, anchor, lams, chunks)
+    for i, lam in enumerate(lams):
+        np.testing.assert_allclose(batched[i], hessjax.flat_hessian_matvec(flat_v, params, anchor, lam, chunks), rtol=1e-13)
+
+
+def test_flax_module_equals_pure_functions(problem):
+    params, _, x, _, _ = problem
+    model = FlaxMLP(sizes=SIZES)
+    variables = to_flax_variables(params)
+    np.testing.assert_array_equal(model.apply(variables, x), hessjax.apply_mlp(params, x))
+    back = from_flax_variables(variables)
+    for (w, b), (w2, b2) in zip(params, back):
+        np.testing.assert_array_equal(w, w2)
+        np.testing.assert_array_equal(b, b2)
+    # Flax's own initialisation has the same structure, and converts to a working params tuple.
+    own = model.init(jax.random.PRNGKey(0), x)
+    converted = from_flax_variables(own)
+    assert hessjax.layer_sizes(converted) == SIZES
+    np.testing.assert_allclose(model.apply(own, x), hessjax.apply_mlp(converted, x), rtol=1e-12)
+
+
+def test_chunk_data_rejects_bad_input():
+    with pytest.raises(ValueError, match="empty"):
+        hessjax.chunk_data(jnp.zeros((0, 3)), jnp.zeros((0,), jnp.int32))
+    with pytest.raises(ValueError, match="samples"):
+        hessjax.chunk_data(jnp.zeros((4, 3)), jnp.zeros((5,), jnp.int32))
