@@ -1,0 +1,242 @@
+"""The PyTorch ground truth: the same MLP, loss, gradient, Hessian-vector product and top-k eigensolver.
+
+Everything here is written the way a PyTorch user would write it, independently of the JAX code,
+so that agreement between the two is evidence for both:
+
+* :class:`TorchMLP` is ``nn.Sequential(Linear, Sigmoid, Linear, Sigmoid, ..., Linear)``; its state
+  dict keys are ``0.weight``, ``0.bias``, ``2.weight``, ... and ``parameters_to_vector(model.parameters())``
+  is ``ravel_pytree(params)[0]`` of the hessjax params it was built from (:meth:`TorchMLP.from_params`
+  copies the tensors bit for bit).
+* :func:`effective_loss_torch` is ``F.cross_entropy(model(x), y) + λ Σ_p ‖p − p_ref‖²``.
+* :func:`hvp_torch` is a double backward (``autograd.grad(..., create_graph=True)``, then the
+  gradient of ``g · v``) through the whole effective loss, so the penalty's ``2λI`` is *computed*
+  here, not added by hand as in :func:`hessjax.dataset_hvp`; :class:`TorchHVP` builds the gradient
+  graph once and reuses it for every ``v``, as PyHessian does.
+* :func:`top_k_eigsh` runs ARPACK (``scipy.sparse.linalg.eigsh``, ``which='LA'``) on any matvec.
+
+Flat vectors are torch tensors ``[P]`` in ``parameters_to_vector`` order. Precision: on CPU torch
+float32 matmuls are true float32; on CUDA this module does not change
+``torch.backends.cuda.matmul.allow_tf32`` (off by default), matching hessjax's ``Precision.HIGHEST``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple, Sequence
+
+import numpy as np
+import scipy.sparse.linalg
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils import parameters_to_vector
+
+from hessjax.model import DEFAULT_SIZES, Params, layer_sizes
+
+from .anchor import _as_numpy, _numpy_to_tensor, _tensor_to_numpy, _to_jax
+
+__all__ = [
+    "EigshResult",
+    "TorchHVP",
+    "TorchMLP",
+    "effective_loss_torch",
+    "fix_signs",
+    "grad_torch",
+    "hvp_torch",
+    "jax_params_from_torch",
+    "top_k_eigsh",
+    "torch_params_from_jax",
+]
+
+
+# --------------------------------------------------------------------------- model and parameters
+
+
+class TorchMLP(nn.Sequential):
+    """``Linear → Sigmoid → ... → Linear`` over the width chain ``sizes`` (784-128-128-10 by default)."""
+
+    def __init__(self, sizes: Sequence[int] = DEFAULT_SIZES, dtype: torch.dtype = torch.float32):
+        sizes = tuple(int(s) for s in sizes)
+        if len(sizes) < 2 or any(s < 1 for s in sizes):
+            raise ValueError(f"sizes={sizes} must list at least two positive layer widths")
+        layers: list[nn.Module] = []
+        for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+            layers.append(nn.Linear(fan_in, fan_out, dtype=dtype))
+            if i < len(sizes) - 2:
+                layers.append(nn.Sigmoid())
+        super().__init__(*layers)
+        self.sizes = sizes
+
+    @classmethod
+    def from_params(cls, params: Params) -> "TorchMLP":
+        """A model holding exactly the bits of hessjax ``params`` (sizes and dtype taken from them)."""
+        tensors = torch_params_from_jax(params)
+        model = cls(layer_sizes(params), dtype=tensors[0].dtype)
+        model.load_params(params)
+        return model
+
+    def linears(self) -> list[nn.Linear]:
+        return [m for m in self if isinstance(m, nn.Linear)]
+
+    def load_params(self, params: Params) -> None:
+        """Copy hessjax ``params`` into this model, bit for bit (shapes and dtype must match)."""
+        tensors = torch_params_from_jax(params)
+        own = list(self.parameters())
+        if len(tensors) != len(own):
+            raise ValueError(f"params have {len(tensors) // 2} layers, the model has {len(own) // 2}")
+        with torch.no_grad():
+            for p, t in zip(own, tensors):
+                if p.shape != t.shape or p.dtype != t.dtype:
+                    raise ValueError(f"param {list(t.shape)} {t.dtype} does not fit {list(p.shape)} {p.dtype}")
+                p.copy_(t)
+
+
+def torch_params_from_jax(params: Params) -> list[torch.Tensor]:
+    """``[w0, b0, w1, b1, ...]``: CPU torch copies of hessjax ``params``, bit for bit, in
+    ``parameters()`` order (also the form :func:`effective_loss_torch` takes the anchor in)."""
+    return [_numpy_to_tensor(_as_numpy(a)) for pair in params for a in pair]
+
+
+def jax_params_from_torch(model_or_tensors) -> Params:
+    """hessjax params (jax arrays, bit for bit) from a :class:`TorchMLP` or ``[w0, b0, w1, b1, ...]``."""
+    tensors = list(model_or_tensors.parameters()) if isinstance(model_or_tensors, nn.Module) else list(model_or_tensors)
+    arrays = [_to_jax(_tensor_to_numpy(t), "torch parameters") for t in tensors]  # float64 needs x64
+    return tuple(zip(arrays[0::2], arrays[1::2]))
+
+
+# --------------------------------------------------------------------------- loss, gradient, HVP
+
+
+def _data(model: nn.Module, x, y) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x`` in the model's dtype and ``y`` as int64 class indices, as CPU tensors."""
+    dtype = next(model.parameters()).dtype
+    x = x if isinstance(x, torch.Tensor) else _numpy_to_tensor(_as_numpy(x))
+    y = y if isinstance(y, torch.Tensor) else _numpy_to_tensor(_as_numpy(y))
+    return x.to(dtype), y.to(torch.int64)
+
+
+def _anchor(model: nn.Module, anchor_tensors) -> list[torch.Tensor]:
+    params = list(model.parameters())
+    anchor = [t if isinstance(t, torch.Tensor) else _numpy_to_tensor(_as_numpy(t)) for t in anchor_tensors]
+    if len(anchor) != len(params) or any(a.shape != p.shape for a, p in zip(anchor, params)):
+        raise ValueError("anchor_tensors must be [w0, b0, w1, b1, ...] shaped like model.parameters(); "
+                         "use torch_params_from_jax(anchor_params)")
+    return [a.to(p.dtype).detach() for a, p in zip(anchor, params)]
+
+
+def effective_loss_torch(model: nn.Module, anchor_tensors, lam, x, y) -> torch.Tensor:
+    """``F.cross_entropy(model(x), y) + λ Σ_p ‖p − p_ref‖²`` (mean over the batch; sum over every
+    weight and bias), a scalar tensor in the model's dtype with its autograd graph."""
+    x, y = _data(model, x, y)
+    params = list(model.parameters())
+    lam = torch.as_tensor(float(lam), dtype=params[0].dtype)
+    penalty = sum(torch.sum(torch.square(p - a)) for p, a in zip(params, _anchor(model, anchor_tensors)))
+    return F.cross_entropy(model(x), y) + lam * penalty
+
+
+def grad_torch(model: nn.Module, anchor_tensors, lam, x, y) -> torch.Tensor:
+    """``∇L_eff`` as a flat ``[P]`` tensor in ``parameters_to_vector`` order."""
+    params = [p for p in model.parameters()]
+    loss = effective_loss_torch(model, anchor_tensors, lam, x, y)
+    return parameters_to_vector(torch.autograd.grad(loss, params)).detach()
+
+
+def _flat_v(model: nn.Module, v) -> list[torch.Tensor]:
+    """A flat ``[P]`` vector cut into tensors shaped like ``model.parameters()``, in their dtype."""
+    params = list(model.parameters())
+    v = v if isinstance(v, torch.Tensor) else _numpy_to_tensor(_as_numpy(v))
+    n = sum(p.numel() for p in params)
+    if v.shape != (n,):
+        raise ValueError(f"v has shape {list(v.shape)}, expected [{n}]")
+    v = v.to(params[0].dtype)
+    out, start = [], 0
+    for p in params:
+        out.append(v[start:start + p.numel()].view_as(p))
+        start += p.numel()
+    return out
+
+
+def hvp_torch(model: nn.Module, anchor_tensors, lam, x, y, v) -> torch.Tensor:
+    """``∇²L_eff · v`` by double backward: ``g = autograd.grad(L, θ, create_graph=True)``, then
+    ``autograd.grad(g · v, θ)``. ``v`` and the result are flat ``[P]`` (``parameters_to_vector`` order)."""
+    params = list(model.parameters())
+    loss = effective_loss_torch(model, anchor_tensors, lam, x, y)
+    grads = torch.autograd.grad(loss, params, create_graph=True)
+    vs = _flat_v(model, v)
+    gv = sum(torch.sum(g * vi) for g, vi in zip(grads, vs))
+    return parameters_to_vector(torch.autograd.grad(gv, params)).detach()
+
+
+class TorchHVP:
+    """``v ↦ ∇²L_eff · v`` with the gradient graph built once and reused for every ``v`` (PyHessian's
+    ``hessian_vector_product``: ``autograd.grad(g, θ, grad_outputs=v, retain_graph=True)``).
+
+    Holds the graph of one full forward/backward (memory of the whole batch); ``num_matvecs`` counts calls.
+    """
+
+    def __init__(self, model: nn.Module, anchor_tensors, lam, x, y):
+        self.params = list(model.parameters())
+        self.model = model
+        loss = effective_loss_torch(model, anchor_tensors, lam, x, y)
+        self.grads = torch.autograd.grad(loss, self.params, create_graph=True)
+        self.num_matvecs = 0
+
+    def __call__(self, v) -> torch.Tensor:
+        self.num_matvecs += 1
+        hv = torch.autograd.grad(self.grads, self.params, grad_outputs=_flat_v(self.model, v),
+                                 retain_graph=True)
+        return parameters_to_vector(hv).detach()
+
+    def numpy_matvec(self, v: np.ndarray) -> np.ndarray:
+        """The same on numpy vectors (float64 out), the form :func:`top_k_eigsh` takes."""
+        return _tensor_to_numpy(self(np.ascontiguousarray(v).ravel())).astype(np.float64)
+
+
+# --------------------------------------------------------------------------- eigensolver
+
+
+class EigshResult(NamedTuple):
+    """Top-k eigenpairs from ARPACK, largest first."""
+
+    eigenvalues: np.ndarray  # [k] descending
+    eigenvectors: np.ndarray  # [k, P] unit norm, largest-|entry| positive
+    residuals: np.ndarray  # [k] ‖H u − λ u‖ per pair (one extra matvec each)
+    num_matvecs: int  # matvecs ARPACK used (not counting the residuals)
+
+
+def fix_signs(vectors: np.ndarray) -> np.ndarray:
+    """Flip each row of ``vectors`` ``[k, P]`` so that its largest-|entry| (first on ties) is positive."""
+    vectors = np.array(vectors, copy=True)
+    idx = np.argmax(np.abs(vectors), axis=1)
+    signs = np.sign(vectors[np.arange(vectors.shape[0]), idx])
+    signs[signs == 0] = 1
+    return vectors * signs[:, None]
+
+
+def top_k_eigsh(hvp_fn: Callable[[np.ndarray], np.ndarray], P: int, k: int, tol: float = 0.0,
+                v0: np.ndarray | None = None, *, ncv: int | None = None, maxiter: int | None = None) -> EigshResult:
+    """The ``k`` largest (algebraic) eigenpairs of the symmetric operator ``hvp_fn`` on ``R^P``.
+
+    ``scipy.sparse.linalg.eigsh(LinearOperator, k, which='LA')`` (implicitly restarted Lanczos,
+    ARPACK) in float64; ``hvp_fn`` maps a float64 numpy ``[P]`` to an array-like ``[P]`` (e.g.
+    :meth:`TorchHVP.numpy_matvec`, or ``lambda v: hvp_torch(...).numpy()``). ``tol`` is ARPACK's
+    relative accuracy (0: machine precision). ``v0`` defaults to a fixed seeded Gaussian so runs are
+    reproducible (ARPACK's own default start is random per call).
+    """
+    if not 1 <= k < P:
+        raise ValueError(f"k={k} must be in [1, P={P})")
+    count = [0]
+
+    def matvec(v):
+        count[0] += 1
+        return np.asarray(_as_numpy(hvp_fn(np.asarray(v, dtype=np.float64).ravel())), dtype=np.float64).ravel()
+
+    if v0 is None:
+        v0 = np.random.default_rng(0).standard_normal(P)
+    op = scipy.sparse.linalg.LinearOperator((P, P), matvec=matvec, dtype=np.float64)
+    vals, vecs = scipy.sparse.linalg.eigsh(op, k=k, which="LA", tol=tol, v0=np.asarray(v0, dtype=np.float64),
+                                           ncv=ncv, maxiter=maxiter)
+    num_matvecs = count[0]
+    order = np.argsort(vals)[::-1]
+    vals, vecs = vals[order], fix_signs(vecs[:, order].T)
+    residuals = np.array([np.linalg.norm(matvec(u) - lam * u) for lam, u in zip(vals, vecs)])
+    return EigshResult(vals, vecs, residuals, num_matvecs)
