@@ -1,0 +1,192 @@
+"""The compiled per-batch programs of a sweep: ``jit(vmap(...))`` over a batch of λ, sharded over
+devices along a ``lam`` mesh axis.
+
+For a global batch of ``G = B × devices`` λ values, :class:`Programs` holds three programs, each
+compiled once per shape and reused for every batch:
+
+* ``init``   — the starting point's ``L_eff`` and fresh Adam state for every member;
+* ``epoch``  — one training epoch of every member (a member that has stopped stays frozen);
+* ``analyze``— at each member's best weights: train/test loss and accuracy, ``∇L_eff``,
+  ``‖θ − θ_ref‖`` and the top-k Hessian eigenpairs by Lanczos over the first ``hessian_samples``.
+
+The host calls ``epoch`` once per epoch only to report progress and to stop when every member has
+stopped; nothing inside an epoch or inside Lanczos returns to the host. Data and anchor are
+replicated on every device; λ and every per-member state are split along the mesh's ``lam`` axis.
+
+Randomness that belongs to one λ (the Lanczos start vector and its restart vectors) is keyed by the
+seed and by the bits of λ's float64 value, never by its position in the grid or its batch.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from .hvp import Chunks, dataset_accuracy, dataset_cross_entropy, dataset_grad, flat_hessian_matvec
+from .lanczos import EigResult, top_k_eigenpairs
+from .loss import anchor_penalty
+from .model import DEFAULT_PRECISION, Params
+from .training import TrainConfig, TrainState, epoch_order, init_state, train_epoch
+
+_LANCZOS_STREAM = 2
+
+
+class SpectrumConfig(NamedTuple):
+    """Static Lanczos settings."""
+
+    k: int = 30
+    num_iters: int | None = None  # Krylov basis size; None: top_k_eigenpairs' default (4k for k=30)
+    tol: float = 1e-5  # residual ≤ tol·|λ₁| for every returned pair
+    max_restarts: int = 20
+
+
+class Analysis(NamedTuple):
+    """What a sweep records for one λ; under ``vmap`` every field gains a leading λ axis."""
+
+    train_loss: jax.Array  # [] mean cross-entropy over the training samples (no penalty)
+    test_loss: jax.Array  # [] mean cross-entropy over the test samples
+    test_accuracy: jax.Array  # [] in [0, 1]
+    gradient: jax.Array  # [P] ∇L_eff over the training samples, PyTorch flat order
+    grad_norm: jax.Array  # [] ‖∇L_eff‖
+    distance_to_anchor: jax.Array  # [] ‖θ − θ_ref‖
+    weights: jax.Array  # [P] the weights analysed, PyTorch flat order
+    eig: EigResult  # top-k eigenpairs of ∇²L_eff over the Hessian samples
+
+
+def lambda_keys(seed: int, lams) -> np.ndarray:
+    """``[n, 2]`` uint32 PRNG keys, one per λ, from the seed and λ's float64 bits (host-side, exact)."""
+    bits = np.asarray(lams, np.float64).reshape(-1).view(np.uint64)
+    base = jax.random.fold_in(jax.random.PRNGKey(seed), _LANCZOS_STREAM)
+    keys = [jax.random.fold_in(jax.random.fold_in(base, int(b >> np.uint64(32))), int(b & np.uint64(0xFFFFFFFF)))
+            for b in bits]
+    return np.stack([np.asarray(k) for k in keys]) if keys else np.zeros((0, 2), np.uint32)
+
+
+def analyze(params: Params, anchor: Params, lam, key, train: Chunks, test: Chunks, hess: Chunks,
+            spectrum: SpectrumConfig, *, precision=DEFAULT_PRECISION) -> Analysis:
+    """Metrics, gradient and top-k Hessian eigenpairs of one member at ``params``."""
+    flat, _ = ravel_pytree(params)
+    grad = ravel_pytree(dataset_grad(params, anchor, lam, train, precision=precision))[0]
+    k_start, k_restart = jax.random.split(key)
+    v0 = jax.random.normal(k_start, flat.shape, flat.dtype)
+    eig = top_k_eigenpairs(
+        flat_hessian_matvec, v0, spectrum.k, spectrum.num_iters,
+        params=(params, anchor, lam, hess), tol=spectrum.tol, max_restarts=spectrum.max_restarts,
+        key=k_restart, precision=precision)
+    return Analysis(
+        train_loss=dataset_cross_entropy(params, train, precision=precision),
+        test_loss=dataset_cross_entropy(params, test, precision=precision),
+        test_accuracy=dataset_accuracy(params, test, precision=precision),
+        gradient=grad,
+        grad_norm=jnp.linalg.norm(grad),
+        distance_to_anchor=jnp.sqrt(anchor_penalty(params, anchor)),
+        weights=flat,
+        eig=eig,
+    )
+
+
+def lambda_mesh(devices=None) -> jax.sharding.Mesh:
+    """A 1-D mesh over ``devices`` (default: all, across hosts) with one ``lam`` axis."""
+    devices = jax.devices() if devices is None else list(devices)
+    return jax.make_mesh((len(devices),), ("lam",), axis_types=(AxisType.Auto,), devices=devices)
+
+
+class Programs:
+    """The three compiled programs of a sweep, for fixed data shapes and settings."""
+
+    def __init__(self, mesh, train_config: TrainConfig, spectrum: SpectrumConfig, *, precision=DEFAULT_PRECISION):
+        self.mesh = mesh
+        self.split = NamedSharding(mesh, P("lam"))
+        self.replicated = NamedSharding(mesh, P())
+        self.train_config = train_config
+        self.spectrum = spectrum
+        cfg, spec = train_config, spectrum
+
+        def init(start, anchor, lams, train):
+            return jax.vmap(lambda lam: init_state(start, anchor, lam, train, cfg, precision=precision))(lams)
+
+        def epoch(states, anchor, lams, x, y, train, seed, epoch_index):
+            order = epoch_order(seed, epoch_index, x.shape[0])  # one permutation shared by every λ
+            return jax.vmap(
+                lambda s, lam: train_epoch(s, anchor, lam, x, y, train, order, cfg, precision=precision)
+            )(states, lams)
+
+        def analyze_all(params, anchor, lams, keys, train, test, hess):
+            return jax.vmap(
+                lambda p, lam, key: analyze(p, anchor, lam, key, train, test, hess, spec, precision=precision)
+            )(params, lams, keys)
+
+        split, rep = self.split, self.replicated
+        self.init = jax.jit(init, out_shardings=split)
+        self.epoch = jax.jit(epoch, out_shardings=split, donate_argnums=0)
+        self.analyze = jax.jit(analyze_all, out_shardings=split)
+
+    def compilations(self) -> dict[str, int]:
+        """How many times each program was compiled (1 each for a sweep whose batches share a shape)."""
+        return {"init": self.init._cache_size(), "epoch": self.epoch._cache_size(),
+                "analyze": self.analyze._cache_size()}
+
+    def put_split(self, array) -> jax.Array:
+        """A host array ``[G, ...]`` split along its first axis over the mesh (each process supplies
+        the global array; only its addressable shards are used)."""
+        array = np.asarray(array)
+        return jax.make_array_from_callback(array.shape, self.split, lambda idx: array[idx])
+
+    def put_replicated(self, tree):
+        """A pytree of host or device arrays, replicated on every device of the mesh."""
+        def put(a):
+            a = np.asarray(a)
+            return jax.make_array_from_callback(a.shape, self.replicated, lambda idx: a[idx])
+        return jax.tree_util.tree_map(put, tree)
+
+
+def gather(array) -> np.ndarray:
+    """The whole of a λ-split array on the host, from every process when there are several."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(array, tiled=True))
+    return np.asarray(jax.device_get(array))
+
+
+def train_batch(programs: Programs, start, anchor, lams, x, y, train, seed: int, max_epochs: int,
+                on_epoch=None) -> TrainState:
+    """Train every member of a λ batch to its stopping epoch, one compiled epoch per call.
+
+    The host reads back only the ``stopped`` flags (and, for ``on_epoch(epoch, states)``, whatever
+    the callback asks for) between epochs; it stops when every member has stopped.
+    """
+    states = programs.init(start, anchor, lams, train)
+    for epoch in range(1, max_epochs + 1):
+        if bool(np.all(gather(states.stopped))):
+            break
+        states = programs.epoch(states, anchor, lams, x, y, train, seed, epoch)
+        if on_epoch is not None:
+            on_epoch(epoch, states)
+    return states
+
+
+def local_rows(tree) -> dict[int, object]:
+    """``{global row: pytree of numpy rows}`` for the rows of a λ-split pytree this process holds."""
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    per_leaf: list[dict[int, np.ndarray]] = []
+    for leaf in leaves:
+        rows = {}
+        for shard in leaf.addressable_shards:
+            start = shard.index[0].start or 0
+            data = np.asarray(shard.data)
+            for i in range(data.shape[0]):
+                rows.setdefault(start + i, data[i])
+        per_leaf.append(rows)
+    common = sorted(set.intersection(*(set(r) for r in per_leaf))) if per_leaf else []
+    return {i: jax.tree_util.tree_unflatten(treedef, [r[i] for r in per_leaf]) for i in common}
+
+
+__all__ = ["Analysis", "Programs", "SpectrumConfig", "gather", "TrainConfig", "TrainState", "analyze", "lambda_keys",
+           "lambda_mesh", "local_rows", "train_batch"]

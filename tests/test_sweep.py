@@ -1,0 +1,245 @@
+"""``python -m hessjax.sweep`` end to end on real MNIST subsets, checked with torch and numpy.
+
+The sweep runs in subprocesses exactly as a user runs it (float32, the default configuration of
+jax), on small configurations so the whole file stays within a few minutes on 2 cores.
+"""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+ANCHOR = REPO / "anchors" / "default.pth"
+SMALL = ["--train-samples", "600", "--test-samples", "300", "--hessian-samples", "400", "--k", "4",
+         "--max-epochs", "3", "--batch-size", "100", "--chunk-size", "250", "--eigenvectors", "csv"]
+
+
+def sweep(*args, env=None, check=True, timeout=600):
+    full_env = dict(os.environ, **(env or {}))
+    full_env.setdefault("HESSJAX_CACHE_DIR", str(REPO / ".jax_cache"))
+    proc = subprocess.run([sys.executable, "-m", "hessjax.sweep", *map(str, args)], capture_output=True, text=True,
+                          env=full_env, cwd=REPO, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"sweep failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def read_pth(path):
+    return torch.load(path, weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("base")
+    sweep("--out", out, "--lambdas", "0,0.0002,0.05", "--quiet", *SMALL)
+    return out
+
+
+def test_every_file_in_the_original_layout(base_run):
+    out = base_run
+    model = pd.read_csv(out / "Model-default.csv")
+    assert list(model.columns[:4]) == ["lambda", "train_loss", "test_loss", "test_accuracy"]
+    assert model["lambda"].tolist() == [0.0, 0.0002, 0.05]
+    assert model["test_accuracy"].between(0, 1).all() and not model["diverged"].any()
+    for label in ("0", "0.0002", "0.05"):
+        grads = pd.read_csv(out / f"gradients-default-{label}.csv")
+        assert list(grads.columns) == ["parameter", "gradient"] and len(grads) == 118_282
+        assert grads["parameter"].iloc[0] == "0.weight" and grads["parameter"].iloc[-1] == "4.bias"
+        vals = pd.read_csv(out / f"Hessian-eigenvalues-default-{label}.csv")
+        assert list(vals.columns) == ["eigenvalue"] and len(vals) == 4
+        assert np.all(np.diff(vals["eigenvalue"]) <= 0)
+        vecs = pd.read_csv(out / f"Hessian-eigenvectors-default-{label}.csv")
+        assert list(vecs.columns) == ["parameter", "v1", "v2", "v3", "v4"] and len(vecs) == 118_282
+        V = vecs[["v1", "v2", "v3", "v4"]].to_numpy()
+        np.testing.assert_allclose(V.T @ V, np.eye(4), atol=1e-5)
+        sd = read_pth(out / f"model_weights-default-{label}.pth")
+        assert list(sd) == ["0.weight", "0.bias", "2.weight", "2.bias", "4.weight", "4.bias"]
+        assert (out / "records" / f"default-{label}.json").exists()
+    manifest = json.loads((out / "manifest-default.json").read_text())
+    assert manifest["schema_version"] and manifest["anchor_sha256"] and manifest["versions"]["jax"]
+    assert set(manifest["lambdas"]) == {"0", "0.0002", "0.05"}
+    assert not list(out.glob(".tmp-*"))
+
+
+def test_weights_in_torch_reproduce_losses_and_eigenpairs(base_run):
+    """The written weights loaded into torch give the recorded losses and gradient, and torch's
+    double-backward HVP at those weights confirms every written eigenpair."""
+    from hessjax.bridges import TorchHVP, TorchMLP, grad_torch, load_anchor
+    from hessjax.mnist import load_mnist
+
+    out = base_run
+    data = load_mnist(train_samples=600, test_samples=300)
+    x, y = torch.from_numpy(data.x_train), torch.from_numpy(data.y_train.astype(np.int64))
+    xt, yt = torch.from_numpy(data.x_test), torch.from_numpy(data.y_test.astype(np.int64))
+    anchor = [torch.from_numpy(np.array(a)) for pair in load_anchor(ANCHOR).params for a in pair]
+    model_csv = pd.read_csv(out / "Model-default.csv")
+    for _, row in model_csv.iterrows():
+        lam = float(row["lambda"])
+        label = np.format_float_positional(lam, trim="-")
+        model = TorchMLP()
+        model.load_state_dict(read_pth(out / f"model_weights-default-{label}.pth"), strict=True)
+        with torch.no_grad():
+            train_loss = float(torch.nn.functional.cross_entropy(model(x), y))
+            logits = model(xt)
+            test_loss = float(torch.nn.functional.cross_entropy(logits, yt))
+            acc = float((logits.argmax(1) == yt).double().mean())
+        assert train_loss == pytest.approx(row['train_loss'], rel=2e-6)
+        assert test_loss == pytest.approx(row['test_loss'], rel=2e-6)
+        assert acc == pytest.approx(row['test_accuracy'], abs=1e-6)
+        g_torch = grad_torch(model, anchor, lam, x, y).numpy()
+        g_file = pd.read_csv(out / f"gradients-default-{label}.csv")["gradient"].to_numpy()
+        assert np.linalg.norm(g_file - g_torch) <= 1e-4 * np.linalg.norm(g_torch)
+        vals = pd.read_csv(out / f"Hessian-eigenvalues-default-{label}.csv")["eigenvalue"].to_numpy()
+        V = pd.read_csv(out / f"Hessian-eigenvectors-default-{label}.csv").iloc[:, 1:].to_numpy().T
+        op = TorchHVP(model, anchor, lam, x[:400], y[:400])
+        for theta, v in zip(vals, V):
+            hv = op(torch.from_numpy(v.astype(np.float32))).numpy().astype(np.float64)
+            assert np.linalg.norm(hv - theta * v) <= 1e-4 * abs(vals[0]), (label, theta)
+
+
+def test_store_opens_in_xarray_and_matches_the_files(base_run):
+    import xarray as xr
+
+    ds = xr.open_zarr(base_run / "default.zarr").sortby("lambda")
+    assert ds["done"].values.all()
+    assert ds["eigenvectors"].shape == (3, 4, 118_282)
+    vals = pd.read_csv(base_run / "Hessian-eigenvalues-default-0.05.csv")["eigenvalue"].to_numpy()
+    np.testing.assert_array_equal(ds["eigenvalues"].sel({"lambda": 0.05}).values.astype(np.float32),
+                                  vals.astype(np.float32))
+    V = pd.read_csv(base_run / "Hessian-eigenvectors-default-0.05.csv").iloc[:, 1:].to_numpy().T
+    np.testing.assert_array_equal(ds["eigenvectors"].sel({"lambda": 0.05}).values, V.astype(np.float32))
+
+
+def test_rerun_skips_finished_and_extending_the_grid_reuses_them(base_run, tmp_path):
+    before = {p.name: p.stat().st_mtime_ns for p in base_run.glob("model_weights-*.pth")}
+    proc = sweep("--out", base_run, "--lambdas", "0,0.0002,0.05,0.1", "--quiet", *SMALL)
+    after = {p.name: p.stat().st_mtime_ns for p in base_run.glob("model_weights-*.pth")}
+    assert {k: after[k] for k in before} == before, "finished λ must not be recomputed"
+    assert "model_weights-default-0.1.pth" in after
+    assert pd.read_csv(base_run / "Model-default.csv")["lambda"].tolist() == [0.0, 0.0002, 0.05, 0.1]
+    assert proc.returncode == 0
+
+
+def test_batched_lambdas_equal_single_runs(base_run, tmp_path):
+    sweep("--out", tmp_path, "--lambdas", "0,0.0002,0.05", "--lambda-batch", "3", "--quiet", *SMALL)
+    a = pd.read_csv(base_run / "Model-default.csv").iloc[:3]
+    b = pd.read_csv(tmp_path / "Model-default.csv")
+    assert a["epochs"].tolist() == b["epochs"].tolist()
+    for col in ("train_loss", "test_loss", "grad_norm", "distance_to_anchor"):
+        np.testing.assert_allclose(b[col], a[col], rtol=1e-5)
+    for label in ("0", "0.0002", "0.05"):
+        va = pd.read_csv(base_run / f"Hessian-eigenvalues-default-{label}.csv")["eigenvalue"]
+        vb = pd.read_csv(tmp_path / f"Hessian-eigenvalues-default-{label}.csv")["eigenvalue"]
+        np.testing.assert_allclose(vb, va, rtol=1e-4)
+
+
+def test_four_devices_equal_one(base_run, tmp_path):
+    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    sweep("--out", tmp_path, "--lambdas", "0,0.0002,0.05", "--quiet", *SMALL, env=env)
+    manifest = json.loads((tmp_path / "manifest-default.json").read_text())
+    assert len(manifest["devices"]) == 4
+    a = pd.read_csv(base_run / "Model-default.csv").iloc[:3]
+    b = pd.read_csv(tmp_path / "Model-default.csv")
+    assert a["epochs"].tolist() == b["epochs"].tolist()
+    np.testing.assert_allclose(b["train_loss"], a["train_loss"], rtol=1e-5)
+    for label in ("0", "0.0002", "0.05"):
+        va = pd.read_csv(base_run / f"Hessian-eigenvalues-default-{label}.csv")["eigenvalue"]
+        vb = pd.read_csv(tmp_path / f"Hessian-eigenvalues-default-{label}.csv")["eigenvalue"]
+        np.testing.assert_allclose(vb, va, rtol=1e-4)
+
+
+def test_kill_and_resume_equals_an_uninterrupted_run(base_run, tmp_path):
+    env = dict(os.environ, HESSJAX_CACHE_DIR=str(REPO / ".jax_cache"))
+    args = [sys.executable, "-m", "hessjax.sweep", "--out", str(tmp_path), "--lambdas", "0,0.0002,0.05", "--quiet",
+            *SMALL]
+    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (tmp_path / "records" / "default-0.json").exists():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (tmp_path / "records" / "default-0.json").exists()
+    assert not (tmp_path / "records" / "default-0.05.json").exists()
+    sweep("--out", tmp_path, "--lambdas", "0,0.0002,0.05", "--quiet", *SMALL)
+    for label in ("0", "0.0002", "0.05"):
+        for name in (f"Hessian-eigenvalues-default-{label}.csv", f"gradients-default-{label}.csv",
+                     f"Hessian-eigenvectors-default-{label}.csv"):
+            assert (tmp_path / name).read_bytes() == (base_run / name).read_bytes(), name
+        wa, wb = read_pth(base_run / f"model_weights-default-{label}.pth"), read_pth(
+            tmp_path / f"model_weights-default-{label}.pth")
+        assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_diverged_lambda_is_recorded_and_the_sweep_continues(tmp_path):
+    sweep("--out", tmp_path, "--lambdas", "0,1e38", "--quiet", *SMALL)
+    model = pd.read_csv(tmp_path / "Model-default.csv")
+    assert model["diverged"].tolist() == [False, True]
+    assert not (tmp_path / "Hessian-eigenvalues-default-100000000000000000000000000000000000000.csv").exists()
+    assert len(list(tmp_path.glob("Hessian-eigenvalues-*.csv"))) == 1
+
+
+def test_no_recompilation_across_batches():
+    import hessjax.sweep
+
+    summary = hessjax.sweep.run(hessjax.sweep.SweepConfig(
+        out=str(REPO / ".pytest_cache" / "sweep-compile"), lambdas="0,0.001,0.002", overwrite=True, quiet=True,
+        train_samples=300, test_samples=100, hessian_samples=200, k=2, max_epochs=2, batch_size=100, dtype="float32"))
+    assert len(summary["finished"]) == 3
+    assert summary["compilations"] == {"init": 1, "epoch": 1, "analyze": 1}
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path):
+    out = tmp_path / "never"
+    proc = sweep("--out", out, "--dry-run")
+    assert "501" in proc.stdout and "estimate" in proc.stdout and "disk" in proc.stdout
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--lambdas=-0.1,0.2"], "negative"),
+    (["--lambdas", "-0.1,0.2"], "--lambdas"),
+    (["--k", "0"], "--k"),
+    (["--lambdas", "nan"], "nan"),
+    (["--lambdas", "0.1,0.1"], "duplicate"),
+    (["--lambdas", "0:0.1:0"], "num"),
+    (["--anchor", "/no/such/anchor.pth"], "anchor.pth"),
+    (["--data-dir", "/no/such/dir"], "/no/such/dir"),
+])
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, args, message):
+    out = tmp_path / "out"
+    proc = sweep("--out", out, *args, *SMALL, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0].lower(), lines
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_unwritable_out_and_corrupt_anchor_are_refused(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    proc = sweep("--out", blocker / "sub", *SMALL, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(ANCHOR.read_bytes()[:1000])
+    proc = sweep("--out", tmp_path / "o", "--anchor", bad, *SMALL, check=False)
+    assert proc.returncode == 2 and "bad.pth" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_different_configuration_is_refused_unless_overwrite(base_run):
+    proc = sweep("--out", base_run, "--lambdas", "0", "--quiet", *SMALL[:-2], "--eigenvectors", "npy", "--lr", "0.01",
+                 check=False)
+    assert proc.returncode == 2 and "lr" in proc.stderr
