@@ -228,8 +228,10 @@ def run(config: SweepConfig | None = None, **overrides) -> dict:
     anchor = anchor_io.load_anchor(anchor_path)
     run_id = config.run_id or anchor_path.stem
     results.check_run_id(run_id)
-    data = load_mnist(config.data_dir, train_samples=config.train_samples, test_samples=config.test_samples,
-                      **({"source": "tfds", "tfds_dir": config.tfds_dir} if config.tfds_dir else {}))
+    if config.tfds_dir and config.data_dir:
+        raise results.UsageError("give either --data-dir (IDX files) or --tfds-dir (a prepared tfds directory)")
+    data = load_mnist(config.tfds_dir or config.data_dir, train_samples=config.train_samples,
+                      test_samples=config.test_samples, source="tfds" if config.tfds_dir else "idx")
     n_train = data.x_train.shape[0]
     n_hess = config.hessian_samples or n_train
     if n_hess > n_train:

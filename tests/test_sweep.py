@@ -17,43 +17,17 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import ANCHOR, REPO, SMALL, read_pth, sweep
 
 pytestmark = pytest.mark.slow
-
-ANCHOR = REPO / "anchors" / "default.pth"
-SMALL = ["--train-samples", "600", "--test-samples", "300", "--hessian-samples", "400", "--k", "4",
-         "--max-epochs", "3", "--batch-size", "100", "--chunk-size", "250", "--eigenvectors", "csv"]
-
-
-def sweep(*args, env=None, check=True, timeout=600):
-    full_env = dict(os.environ, **(env or {}))
-    full_env.setdefault("HESSJAX_CACHE_DIR", str(REPO / ".jax_cache"))
-    proc = subprocess.run([sys.executable, "-m", "hessjax.sweep", *map(str, args)], capture_output=True, text=True,
-                          env=full_env, cwd=REPO, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"sweep failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
-    return proc
-
-
-def read_pth(path):
-    return torch.load(path, weights_only=True)
-
-
-@pytest.fixture(scope="module")
-def base_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("base")
-    sweep("--out", out, "--lambdas", "0,0.0002,0.05", "--quiet", *SMALL)
-    return out
-
 
 def test_every_file_in_the_original_layout(base_run):
     out = base_run
     model = pd.read_csv(out / "Model-default.csv")
     assert list(model.columns[:4]) == ["lambda", "train_loss", "test_loss", "test_accuracy"]
-    assert model["lambda"].tolist() == [0.0, 0.0002, 0.05]
+    assert model["lambda"].tolist() == [0.0, 0.0002, 0.02]
     assert model["test_accuracy"].between(0, 1).all() and not model["diverged"].any()
-    for label in ("0", "0.0002", "0.05"):
+    for label in ("0", "0.0002", "0.02"):
         grads = pd.read_csv(out / f"gradients-default-{label}.csv")
         assert list(grads.columns) == ["parameter", "gradient"] and len(grads) == 118_282
         assert grads["parameter"].iloc[0] == "0.weight" and grads["parameter"].iloc[-1] == "4.bias"
@@ -69,7 +43,7 @@ def test_every_file_in_the_original_layout(base_run):
         assert (out / "records" / f"default-{label}.json").exists()
     manifest = json.loads((out / "manifest-default.json").read_text())
     assert manifest["schema_version"] and manifest["anchor_sha256"] and manifest["versions"]["jax"]
-    assert set(manifest["lambdas"]) == {"0", "0.0002", "0.05"}
+    assert set(manifest["lambdas"]) == {"0", "0.0002", "0.02"}
     assert not list(out.glob(".tmp-*"))
 
 
@@ -115,31 +89,31 @@ def test_store_opens_in_xarray_and_matches_the_files(base_run):
     ds = xr.open_zarr(base_run / "default.zarr").sortby("lambda")
     assert ds["done"].values.all()
     assert ds["eigenvectors"].shape == (3, 4, 118_282)
-    vals = pd.read_csv(base_run / "Hessian-eigenvalues-default-0.05.csv")["eigenvalue"].to_numpy()
-    np.testing.assert_array_equal(ds["eigenvalues"].sel({"lambda": 0.05}).values.astype(np.float32),
+    vals = pd.read_csv(base_run / "Hessian-eigenvalues-default-0.02.csv")["eigenvalue"].to_numpy()
+    np.testing.assert_array_equal(ds["eigenvalues"].sel({"lambda": 0.02}).values.astype(np.float32),
                                   vals.astype(np.float32))
-    V = pd.read_csv(base_run / "Hessian-eigenvectors-default-0.05.csv").iloc[:, 1:].to_numpy().T
-    np.testing.assert_array_equal(ds["eigenvectors"].sel({"lambda": 0.05}).values, V.astype(np.float32))
+    V = pd.read_csv(base_run / "Hessian-eigenvectors-default-0.02.csv").iloc[:, 1:].to_numpy().T
+    np.testing.assert_array_equal(ds["eigenvectors"].sel({"lambda": 0.02}).values, V.astype(np.float32))
 
 
 def test_rerun_skips_finished_and_extending_the_grid_reuses_them(base_run, tmp_path):
     before = {p.name: p.stat().st_mtime_ns for p in base_run.glob("model_weights-*.pth")}
-    proc = sweep("--out", base_run, "--lambdas", "0,0.0002,0.05,0.1", "--quiet", *SMALL)
+    proc = sweep("--out", base_run, "--lambdas", "0,0.0002,0.02,0.1", "--quiet", *SMALL)
     after = {p.name: p.stat().st_mtime_ns for p in base_run.glob("model_weights-*.pth")}
     assert {k: after[k] for k in before} == before, "finished λ must not be recomputed"
     assert "model_weights-default-0.1.pth" in after
-    assert pd.read_csv(base_run / "Model-default.csv")["lambda"].tolist() == [0.0, 0.0002, 0.05, 0.1]
+    assert pd.read_csv(base_run / "Model-default.csv")["lambda"].tolist() == [0.0, 0.0002, 0.02, 0.1]
     assert proc.returncode == 0
 
 
 def test_batched_lambdas_equal_single_runs(base_run, tmp_path):
-    sweep("--out", tmp_path, "--lambdas", "0,0.0002,0.05", "--lambda-batch", "3", "--quiet", *SMALL)
+    sweep("--out", tmp_path, "--lambdas", "0,0.0002,0.02", "--lambda-batch", "3", "--quiet", *SMALL)
     a = pd.read_csv(base_run / "Model-default.csv").iloc[:3]
     b = pd.read_csv(tmp_path / "Model-default.csv")
     assert a["epochs"].tolist() == b["epochs"].tolist()
     for col in ("train_loss", "test_loss", "grad_norm", "distance_to_anchor"):
         np.testing.assert_allclose(b[col], a[col], rtol=1e-5)
-    for label in ("0", "0.0002", "0.05"):
+    for label in ("0", "0.0002", "0.02"):
         va = pd.read_csv(base_run / f"Hessian-eigenvalues-default-{label}.csv")["eigenvalue"]
         vb = pd.read_csv(tmp_path / f"Hessian-eigenvalues-default-{label}.csv")["eigenvalue"]
         np.testing.assert_allclose(vb, va, rtol=1e-4)
@@ -147,14 +121,14 @@ def test_batched_lambdas_equal_single_runs(base_run, tmp_path):
 
 def test_four_devices_equal_one(base_run, tmp_path):
     env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
-    sweep("--out", tmp_path, "--lambdas", "0,0.0002,0.05", "--quiet", *SMALL, env=env)
+    sweep("--out", tmp_path, "--lambdas", "0,0.0002,0.02", "--quiet", *SMALL, env=env)
     manifest = json.loads((tmp_path / "manifest-default.json").read_text())
     assert len(manifest["devices"]) == 4
     a = pd.read_csv(base_run / "Model-default.csv").iloc[:3]
     b = pd.read_csv(tmp_path / "Model-default.csv")
     assert a["epochs"].tolist() == b["epochs"].tolist()
     np.testing.assert_allclose(b["train_loss"], a["train_loss"], rtol=1e-5)
-    for label in ("0", "0.0002", "0.05"):
+    for label in ("0", "0.0002", "0.02"):
         va = pd.read_csv(base_run / f"Hessian-eigenvalues-default-{label}.csv")["eigenvalue"]
         vb = pd.read_csv(tmp_path / f"Hessian-eigenvalues-default-{label}.csv")["eigenvalue"]
         np.testing.assert_allclose(vb, va, rtol=1e-4)
@@ -162,18 +136,18 @@ def test_four_devices_equal_one(base_run, tmp_path):
 
 def test_kill_and_resume_equals_an_uninterrupted_run(base_run, tmp_path):
     env = dict(os.environ, HESSJAX_CACHE_DIR=str(REPO / ".jax_cache"))
-    args = [sys.executable, "-m", "hessjax.sweep", "--out", str(tmp_path), "--lambdas", "0,0.0002,0.05", "--quiet",
+    args = [sys.executable, "-m", "hessjax.sweep", "--out", str(tmp_path), "--lambdas", "0,0.0002,0.02", "--quiet",
             *SMALL]
     proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 300
     while time.time() < deadline and not (tmp_path / "records" / "default-0.json").exists():
-        time.sleep(0.05)
+        time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert (tmp_path / "records" / "default-0.json").exists()
-    assert not (tmp_path / "records" / "default-0.05.json").exists()
-    sweep("--out", tmp_path, "--lambdas", "0,0.0002,0.05", "--quiet", *SMALL)
-    for label in ("0", "0.0002", "0.05"):
+    assert not (tmp_path / "records" / "default-0.02.json").exists()
+    sweep("--out", tmp_path, "--lambdas", "0,0.0002,0.02", "--quiet", *SMALL)
+    for label in ("0", "0.0002", "0.02"):
         for name in (f"Hessian-eigenvalues-default-{label}.csv", f"gradients-default-{label}.csv",
                      f"Hessian-eigenvectors-default-{label}.csv"):
             assert (tmp_path / name).read_bytes() == (base_run / name).read_bytes(), name
@@ -217,6 +191,7 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path):
     (["--lambdas", "0:0.1:0"], "num"),
     (["--anchor", "/no/such/anchor.pth"], "anchor.pth"),
     (["--data-dir", "/no/such/dir"], "/no/such/dir"),
+    (["--tfds-dir", "/no/such/tfds"], "tfds"),
 ])
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, args, message):
     out = tmp_path / "out"
