@@ -45,3 +45,7 @@ def test_readme_example_runs(workdir, index):
         assert 0.02 in namespace["metrics"].index
         assert namespace["v"].shape[1] == 118_282
         assert not np.isnan(namespace["top"].sel({"lambda": 0.02}).values).any()
+    if "eig" in namespace:  # the library example
+        eig = namespace["eig"]
+        assert bool(eig.converged.all()) and eig.eigenvalues.shape == (10,)
+        assert float(namespace["loss"]) > 0
