@@ -46,7 +46,7 @@ def mlp():
     y = jax.random.randint(k4, (29,), 0, SIZES[-1])
     chunks = chunk_data(x, y, 8)  # three full chunks and a remainder of 5
     flat, unravel = ravel_pytree(params)
-    h0 = np.asarray(jax.hessian(lambda z: dataset_loss(unravel(z), anchor, 0.0, chunks))(flat))
+    h0 = np.asarray(jax.jit(jax.hessian(lambda z: dataset_loss(unravel(z), anchor, 0.0, chunks)))(flat))
     return params, anchor, chunks, (h0 + h0.T) / 2
 
 
@@ -95,7 +95,7 @@ def test_hutchinson_is_unbiased_with_the_exact_variance():
     z = np.asarray(probe_vectors(jax.random.key(5), 50, 20, F64))
     assert set(np.unique(z)) == {-1.0, 1.0}
     np.testing.assert_allclose(est.samples[:50], np.einsum("ip,pq,iq->i", z, a_np, z), rtol=1e-12)
-    for batch in (1, 7, None):
+    for batch in (1, 7):
         small = hutchinson_trace(_dense_matvec, jax.random.key(5), 50, 20, F64, params=(a,), batch_size=batch)
         np.testing.assert_allclose(small.samples, est.samples[:50], rtol=1e-12)
     one = hutchinson_trace(_dense_matvec, jax.random.key(5), 1, 20, F64, params=(a,))
