@@ -809,8 +809,14 @@ class SweepStore:
         n_params: int,
         k: int,
         attrs: Mapping[str, Any] | None = None,
+        extras: Mapping[str, tuple] | None = None,
     ) -> "SweepStore":
-        """Create the store for ``lambdas`` (or open an existing one, check ``n_params``/``k``, and extend it)."""
+        """Create the store for ``lambdas`` (or open an existing one, check ``n_params``/``k``, and extend it).
+
+        ``extras`` declares optional per-λ arrays, ``{name: (dtype, tail_shape, tail_dims)}`` (e.g.
+        ``{"trace": ("float64", (), ())}``), NaN-filled, chunked 1 along ``lambda`` like the rest, and
+        written by :meth:`write`'s ``extras``; arrays missing from an existing store are added.
+        """
         import zarr
 
         path = Path(path)
@@ -821,7 +827,8 @@ class SweepStore:
                     f"{path} holds P={store.n_params}, k={store.k}, not P={n_params}, k={k}; "
                     "use another --run-id or --overwrite"
                 )
-            store.ensure_lambdas(lambdas)
+            store._add_extras(extras or {})
+            store.ensure_lambdas(lambdas, _force_consolidate=bool(extras))
             return store
         group = zarr.open_group(str(path), mode="w-", zarr_format=3)
         group.attrs.update(
@@ -851,8 +858,20 @@ class SweepStore:
         eig = group.create_array("eig", shape=(k,), chunks=(max(1, k),), dtype="int32", dimension_names=("eig",))
         eig[:] = np.arange(1, k + 1, dtype=np.int32)
         store = cls(path)
+        store._add_extras(extras or {})
         store.ensure_lambdas(lambdas, _force_consolidate=True)
         return store
+
+    def _add_extras(self, extras: Mapping[str, tuple]) -> None:
+        group = self._group()
+        n = group["lambda"].shape[0]
+        for name, (dtype, tail_shape, tail_dims) in extras.items():
+            if name in group:
+                continue
+            fill = False if np.dtype(dtype) == np.bool_ else (-1 if np.issubdtype(np.dtype(dtype), np.integer)
+                                                                 else np.nan)
+            group.create_array(name, shape=(n, *tail_shape), chunks=(1, *[max(1, d) for d in tail_shape]),
+                               dtype=dtype, fill_value=fill, dimension_names=("lambda", *tail_dims))
 
     def _group(self, mode: str = "r+"):
         import zarr
@@ -899,7 +918,8 @@ class SweepStore:
         except ValueError:
             raise KeyError(f"λ={lambda_label(lam)} is not in {self.path}") from None
 
-    def write(self, record: Mapping, *, gradient=None, weights=None, eigenvectors=None) -> int:
+    def write(self, record: Mapping, *, gradient=None, weights=None, eigenvectors=None,
+              extras: Mapping[str, Any] | None = None) -> int:
         """Write one finished λ: ``done`` False, the scalars and per-eigenvalue values of ``record``
         (:func:`make_record`), ``gradient``/``weights`` ``[P]``, ``eigenvectors`` ``[k, P]`` (row j =
         eigenvector j+1; ``None`` leaves NaN, e.g. for a diverged λ), then ``done`` True. Returns the index.
@@ -934,6 +954,8 @@ class SweepStore:
                 else:
                     raise ValueError(f"{name}: expected shape {list(shape)}, got {list(value.shape)}")
             group[name][i] = value
+        for name, value in (extras or {}).items():
+            group[name][i] = np.asarray(value, dtype=group[name].dtype)
         group["done"][i] = True
         return i
 

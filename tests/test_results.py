@@ -424,3 +424,21 @@ def test_overwrite_discards_only_that_run(tmp_path):
     assert R.finished_lambdas(tmp_path, "run") == {} and list(R.finished_lambdas(tmp_path, "run-b")) == [0.1]
     R.write_manifest(tmp_path, "run", changed, anchor_sha256=None)
     assert R.check_config(tmp_path, "run", changed) is not None
+
+
+def test_store_extras_are_declared_written_and_added_later(tmp_path):
+    import xarray as xr
+
+    path = tmp_path / "x.zarr"
+    store = R.SweepStore.create(path, [0.0, 0.1], n_params=5, k=2,
+                                extras={"trace": ("float64", (), ()), "slq_nodes": ("float64", (3, 4), ("probe", "node"))})
+    rec = R.make_record(0.1, train_loss=1, test_loss=1, test_accuracy=0.5, epochs=1, converged=True, diverged=False,
+                        grad_norm=1, distance_to_anchor=1, seconds=1, eigenvalues=[2.0, 1.0])
+    store.write(rec, extras={"trace": 7.5, "slq_nodes": np.arange(12.0).reshape(3, 4)})
+    store = R.SweepStore.create(path, [0.0, 0.1, 0.2], n_params=5, k=2,
+                                extras={"bottom_eigenvalues": ("float64", (2,), ("bottom",))})
+    ds = xr.open_zarr(path).sortby("lambda")
+    assert ds["trace"].sel({"lambda": 0.1}).item() == 7.5 and np.isnan(ds["trace"].sel({"lambda": 0.0}).item())
+    assert ds["slq_nodes"].dims == ("lambda", "probe", "node") and ds["slq_nodes"].shape == (3, 3, 4)
+    np.testing.assert_array_equal(ds["slq_nodes"].sel({"lambda": 0.1}).values, np.arange(12.0).reshape(3, 4))
+    assert ds["bottom_eigenvalues"].shape == (3, 2) and np.isnan(ds["bottom_eigenvalues"].values).all()
