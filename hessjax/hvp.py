@@ -131,3 +131,150 @@ def dataset_accuracy(params: Params, chunks: Chunks, *, precision=DEFAULT_PRECIS
         lambda x, y: jnp.sum(jnp.argmax(apply_mlp(params, x, precision=precision), axis=-1) == y).astype(dtype),
         chunks, jnp.zeros((), dtype))
     return hits / _num_samples(chunks)
+
+
+# ----------------------------------------------------------------------------------------------
+# many products at one θ: the forward and backward pass computed once
+
+
+class _Residuals(NamedTuple):
+    """Per-sample quantities of one forward/backward pass that the Hessian's R-operator needs.
+
+    Shapes for a chunk of ``C`` samples of an ``L``-layer MLP with hidden widths ``h_1 … h_{L-1}``
+    and ``K`` classes (a leading ``[n]`` axis when stacked over full chunks).
+    """
+
+    hidden: tuple  # L-1 arrays [C, h_l]: h_l = σ(z_l)
+    curvature: tuple  # L-1 arrays [C, h_l]: κ_l = e_l ⊙ σ''(z_l), e_l = ∂ℓ/∂h_l
+    deltas: tuple  # L-1 arrays [C, h_{l}] for l = 2 … L: δ_l = ∂ℓ/∂z_l (δ_L = p − onehot(y), [C, K])
+    probs: jax.Array  # [C, K] softmax of the logits
+
+
+class LinearizedHessian(NamedTuple):
+    """The mean cross-entropy's Hessian at a fixed ``θ`` as stored residuals (see :func:`linearize_hessian`).
+
+    A pytree of arrays: it passes through ``jit``, ``vmap`` and :func:`hessjax.top_k_eigenpairs`'s
+    ``params`` as a traced argument. Size: ``(3L − 4)·h + 2K`` numbers per sample for ``L`` layers
+    of hidden width ``h`` and ``K`` classes — 660 for 784-128-128-10, 2.6 kB per sample in float32
+    (158 MB for 60,000 samples); the inputs ``x`` are not stored (they are read from the chunks).
+    """
+
+    params: Params  # θ, the point of linearization
+    full: _Residuals  # of the full chunks, every array with a leading [n, C]
+    rest: _Residuals  # of the remainder chunk, leading [R] (R may be 0)
+
+
+def _mm(a, b, precision):
+    return jnp.matmul(a, b, precision=precision)
+
+
+def _chunk_residuals(params: Params, x, y, precision) -> _Residuals:
+    """One forward and backward pass of the summed cross-entropy over a chunk ``x`` ``[C, in]``."""
+    num_layers = len(params)
+    hidden, h = [], x
+    for i, (w, b) in enumerate(params):
+        z = _mm(h, w.T, precision) + b
+        if i < num_layers - 1:
+            h = jax.nn.sigmoid(z)
+            hidden.append(h)
+    probs = jax.nn.softmax(z, axis=-1)
+    delta = probs - jax.nn.one_hot(y, probs.shape[-1], dtype=probs.dtype)
+    deltas, curvature = [delta], []
+    for l in range(num_layers - 1, 0, -1):  # hidden layer l (1-based), fed by δ_{l+1}
+        e = _mm(delta, params[l][0], precision)  # ∂ℓ/∂h_l
+        h = hidden[l - 1]
+        slope = h * (1 - h)  # σ'(z_l)
+        delta = e * slope
+        curvature.append(e * slope * (1 - 2 * h))  # e_l ⊙ σ''(z_l), σ'' = σ'(1 − 2σ)
+        if l > 1:
+            deltas.append(delta)
+    return _Residuals(tuple(hidden), tuple(reversed(curvature)), tuple(reversed(deltas)), probs)
+
+
+def _chunk_rop(params: Params, res: _Residuals, x, v: Params, precision) -> Params:
+    """``Σ_{samples of the chunk} ∇²ℓ(θ) · v`` from the chunk's residuals (Pearlmutter's R-operator)."""
+    num_layers = len(params)
+    inputs = (x,) + tuple(res.hidden)  # h_0 … h_{L-1}
+    zdots, hdots, hdot = [], [None], None
+    for l, ((w, _), (vw, vb)) in enumerate(zip(params, v)):  # forward: ż_l, ḣ_l
+        zdot = _mm(inputs[l], vw.T, precision) + vb
+        if l > 0:
+            zdot = zdot + _mm(hdot, w.T, precision)
+        zdots.append(zdot)
+        if l < num_layers - 1:
+            h = inputs[l + 1]
+            hdot = h * (1 - h) * zdot
+            hdots.append(hdot)
+    p, zl = res.probs, zdots[-1]
+    ddot = p * zl - p * jnp.sum(p * zl, axis=-1, keepdims=True)  # δ̇_L = (diag p − p pᵀ) ż_L
+    out = [None] * num_layers
+    for l in range(num_layers - 1, -1, -1):  # backward: δ̇_l and the products for layer l
+        gw = _mm(ddot.T, inputs[l], precision)
+        gb = jnp.sum(ddot, axis=0)
+        if l > 0:
+            delta = res.deltas[l - 1]  # δ_{l+1} in 1-based numbering
+            gw = gw + _mm(delta.T, hdots[l], precision)
+            edot = _mm(ddot, params[l][0], precision) + _mm(delta, v[l][0], precision)
+            h = inputs[l]
+            ddot = edot * h * (1 - h) + res.curvature[l - 1] * zdots[l - 1]
+        out[l] = (gw, gb)
+    return tuple(out)
+
+
+def linearize_hessian(params: Params, chunks: Chunks, *, precision=DEFAULT_PRECISION) -> LinearizedHessian:
+    r"""One forward and backward pass over the data set at ``θ``, kept for many Hessian products there.
+
+    :func:`dataset_hvp` recomputes the forward pass and the gradient's backward pass for every ``v``
+    (forward-over-reverse, about 4.75 forward passes of work). At a fixed ``θ`` — a whole Lanczos
+    run — those do not depend on ``v``; this stores what the product needs, so that
+    :func:`linearized_dataset_hvp` costs about 2.6 forward passes: the exact ``∇²`` of the mean
+    cross-entropy by Pearlmutter's R-operator for the sigmoid MLP of :func:`hessjax.apply_mlp`.
+
+    With ``h_0 = x``, ``z_l = h_{l-1} W_lᵀ + b_l``, ``h_l = σ(z_l)``, ``p = softmax(z_L)``,
+    ``δ_L = p − e_y``, ``e_l = δ_{l+1} W_{l+1}``, ``δ_l = e_l ⊙ σ'(z_l)``, the product with
+    ``v = (V_l, c_l)`` is, per sample,
+
+    .. math::  ż_l = ḣ_{l-1} W_lᵀ + h_{l-1} V_lᵀ + c_l,\quad ḣ_0 = 0,\quad ḣ_l = σ'(z_l) ⊙ ż_l,\\
+               δ̇_L = p ⊙ ż_L − p\,(pᵀ ż_L),\quad
+               δ̇_l = (δ̇_{l+1} W_{l+1} + δ_{l+1} V_{l+1}) ⊙ σ'(z_l) + e_l ⊙ σ''(z_l) ⊙ ż_l,\\
+               (Hv)_{W_l} = δ̇_lᵀ h_{l-1} + δ_lᵀ ḣ_{l-1},\qquad (Hv)_{b_l} = Σ δ̇_l,
+
+    summed over samples and divided by ``N``: the same numbers as ``jax.linearize(jax.grad(f), θ)``
+    applied to ``v`` (and as torch's double backward, :func:`hessjax.bridges.hvp_torch`), up to
+    rounding. The residuals are ``h_l``, ``e_l ⊙ σ''(z_l)``, ``δ_l`` (``l ≥ 2``) and ``p``
+    (:class:`LinearizedHessian`); ``σ'(z_l) = h_l(1 − h_l)`` is recomputed, and ``x`` is read from
+    ``chunks`` again, never copied. Memory: all residuals of the data set at once, not one chunk.
+    """
+    full = lax.map(lambda xy: _chunk_residuals(params, xy[0], xy[1], precision), (chunks.x, chunks.y))
+    rest = _chunk_residuals(params, chunks.x_rest, chunks.y_rest, precision)
+    return LinearizedHessian(params, full, rest)
+
+
+def linearized_dataset_hvp(lin: LinearizedHessian, lam, v: Params, chunks: Chunks, *,
+                           precision=DEFAULT_PRECISION):
+    """:func:`dataset_hvp` at ``lin.params`` from a :func:`linearize_hessian` of the same ``chunks``:
+    ``(1/N) Σ_chunks H_c v + 2λ v``, a pytree like ``v``."""
+    params = lin.params
+
+    def body(acc, args):
+        res, x = args
+        return jax.tree_util.tree_map(jnp.add, acc, _chunk_rop(params, res, x, v, precision)), None
+
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+    hv, _ = lax.scan(body, zeros, (lin.full, chunks.x))
+    if chunks.y_rest.shape[0]:
+        hv = jax.tree_util.tree_map(jnp.add, hv, _chunk_rop(params, lin.rest, chunks.x_rest, v, precision))
+    n = _num_samples(chunks)
+    lam = _cast_lam(lam, params)
+    return jax.tree_util.tree_map(lambda h, vi: h / n + 2 * lam * vi, hv, v)
+
+
+def linearized_flat_hessian_matvec(v: jax.Array, lin: LinearizedHessian, lam, chunks: Chunks, *,
+                                   precision=DEFAULT_PRECISION) -> jax.Array:
+    """:func:`flat_hessian_matvec` from a :func:`linearize_hessian`, on flat vectors.
+
+    Fits :func:`hessjax.top_k_eigenpairs` with ``params=(lin, lam, chunks)``: linearize once per
+    ``θ``, then every Lanczos step costs about 2.6 forward passes instead of 4.75.
+    """
+    _, unravel = ravel_pytree(lin.params)
+    return ravel_pytree(linearized_dataset_hvp(lin, lam, unravel(v), chunks, precision=precision))[0]

@@ -141,3 +141,20 @@ def test_chunk_data_rejects_bad_input():
         hessjax.chunk_data(jnp.zeros((0, 3)), jnp.zeros((0,), jnp.int32))
     with pytest.raises(ValueError, match="samples"):
         hessjax.chunk_data(jnp.zeros((4, 3)), jnp.zeros((5,), jnp.int32))
+
+
+@pytest.mark.parametrize("sizes, chunk_size", [((6, 3), 23), ((6, 5, 3), 7), ((6, 5, 4, 3), 7), ((6, 4, 5, 4, 3), 10)])
+def test_linearized_hvp_equals_dense_hessian(sizes, chunk_size):
+    from hessjax.hvp import linearize_hessian, linearized_flat_hessian_matvec
+
+    k1, k2, k3, k4, k5 = jax.random.split(jax.random.PRNGKey(11), 5)
+    params = hessjax.init_mlp(k1, sizes, jnp.float64)
+    anchor = hessjax.init_mlp(k2, sizes, jnp.float64)
+    x = jax.random.uniform(k3, (23, sizes[0]), jnp.float64)
+    y = jax.random.randint(k4, (23,), 0, sizes[-1])
+    chunks = hessjax.chunk_data(x, y, chunk_size)
+    lin = linearize_hessian(params, chunks)
+    H = dense_hessian(lambda p: hessjax.effective_loss(p, anchor, 0.07, x, y), params)
+    for v in jax.random.normal(k5, (3, H.shape[0]), jnp.float64):
+        got = linearized_flat_hessian_matvec(v, lin, 0.07, chunks)
+        assert np.linalg.norm(got - H @ v) <= 1e-11 * np.linalg.norm(H @ v)
