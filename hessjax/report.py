@@ -204,6 +204,8 @@ def _load_zarr(path: Path, run_id: str) -> SweepData:
     for name, dims in EXTRA_ARRAYS.items():
         if name in names:
             extras[name] = (take(name) if dims[0] == "lambda" else np.asarray(group[name][:])).astype(np.float64)
+    if "density" not in extras and {"slq_nodes", "slq_weights"} <= names and rows.size:
+        extras.update(slq_to_density(take("slq_nodes"), take("slq_weights")))
     reader = None
     if "eigenvectors" in names:
         vectors = group["eigenvectors"]
@@ -214,6 +216,22 @@ def _load_zarr(path: Path, run_id: str) -> SweepData:
     n_params = group.attrs.get("n_params")
     n_params = None if n_params is None else int(n_params)
     return SweepData(run_id, "zarr", lam[rows], metrics, eigenvalues, int(n), n_params, extras, reader)
+
+
+def slq_to_density(nodes: np.ndarray, weights: np.ndarray, num: int = 400) -> dict[str, np.ndarray]:
+    """``density`` ``[λ, grid]`` and ``density_grid`` ``[grid]`` from a sweep's raw SLQ nodes and
+    weights ``[λ, probe, node]`` (``--density``): one grid spanning every λ's nodes (5% margin), each
+    node broadened by a Gaussian of width ``(grid span) / 200``, normalised to integrate to 1."""
+    from .spectral import density_on_grid
+
+    finite = nodes[np.isfinite(nodes)]
+    lo, hi = float(finite.min()), float(finite.max())
+    span = max(hi - lo, 1e-12)
+    grid = np.linspace(lo - 0.05 * span, hi + 0.05 * span, num)
+    sigma = span / 200
+    dens = np.stack([np.asarray(density_on_grid(n, w, grid, sigma)) if np.isfinite(n).all() else np.full(num, np.nan)
+                     for n, w in zip(nodes, weights)])
+    return {"density": dens, "density_grid": grid}
 
 
 def _parse_cell(text: str) -> float:

@@ -99,6 +99,8 @@ MODEL_COLUMNS = (
     "num_converged_eigs",
     "seconds",
 )
+#: Columns appended to ``Model-ID.csv`` when a record's ``extra`` has them (``--trace``, ``--bottom-k``).
+OPTIONAL_MODEL_COLUMNS = ("trace", "trace_stderr", "lambda_min", "lambda_min_residual")
 _FLOAT_FIELDS = (
     "train_loss", "test_loss", "test_accuracy", "grad_norm", "distance_to_anchor", "max_residual", "seconds"
 )
@@ -555,15 +557,19 @@ def write_model_csv(out, run_id: str, records: Mapping[float, Mapping] | None = 
     """Rebuild ``Model-ID.csv`` (atomically, never appended) from the records, one row per λ ascending.
 
     Header: ``lambda,train_loss,test_loss,test_accuracy,epochs,converged,diverged,grad_norm,
-    distance_to_anchor,max_residual,num_converged_eigs,seconds``. ``lambda`` is written as its label,
+    distance_to_anchor,max_residual,num_converged_eigs,seconds``, then those of
+    :data:`OPTIONAL_MODEL_COLUMNS` that some record's ``extra`` holds (``--trace``, ``--bottom-k``).
+    ``lambda`` is written as its label,
     floats with shortest round-trip digits (``nan`` for a diverged λ's losses), booleans ``True``/``False``.
     """
     if records is None:
         records = finished_lambdas(out, run_id)
-    lines = [",".join(MODEL_COLUMNS)]
+    optional = [c for c in OPTIONAL_MODEL_COLUMNS if any(c in rec.get("extra", {}) for rec in records.values())]
+    lines = [",".join(MODEL_COLUMNS + tuple(optional))]
     for lam in sorted(records):
         rec = records[lam]
         cells = [lambda_label(lam)] + [_csv_cell(rec[c]) for c in MODEL_COLUMNS[1:]]
+        cells += [_csv_cell(rec.get("extra", {}).get(c, math.nan)) for c in optional]
         lines.append(",".join(cells))
     return _write_text(model_csv_path(out, run_id), "\n".join(lines) + "\n")
 
@@ -730,6 +736,7 @@ def discard_run(out, run_id: str) -> list[Path]:
         re.compile(
             rf"(?:gradients|Hessian-eigenvalues)-{rid}-{_LABEL_RE}\.csv"
             rf"|Hessian-eigenvectors-{rid}-{_LABEL_RE}\.(?:csv|npy)|model_weights-{rid}-{_LABEL_RE}\.pth"
+            rf"|Hessian-(?:density|bottom-eigenvalues)-{rid}-{_LABEL_RE}\.csv"
         ),
     )
     store = store_path(out, run_id)

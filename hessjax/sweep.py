@@ -53,6 +53,13 @@ class SweepConfig:
     max_restarts: int = 20
     dtype: str = "float32"
     precision: str = "highest"
+    # optional spectral extras
+    trace: bool = False
+    trace_probes: int = 100
+    density: bool = False
+    density_probes: int = 10
+    density_iters: int = 80
+    bottom_k: int = 0
     # scale
     lambda_batch: int | None = None
     distributed: bool = False
@@ -148,6 +155,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dtype", choices=("float32", "float64"), default=d.dtype)
     g.add_argument("--precision", choices=("highest", "high", "default"), default=d.precision,
                    help="matmul precision of every forward pass, HVP and reorthogonalisation")
+    g = p.add_argument_group("extras (written per λ, into the store and Model-ID.csv; see python -m hessjax.report)")
+    g.add_argument("--trace", action="store_true", help="Hutchinson estimate of tr ∇²L_eff with its standard error")
+    g.add_argument("--trace-probes", type=_positive_int, default=d.trace_probes, help="Rademacher probes")
+    g.add_argument("--density", action="store_true", help="spectral density by stochastic Lanczos quadrature")
+    g.add_argument("--density-probes", type=_positive_int, default=d.density_probes)
+    g.add_argument("--density-iters", type=_positive_int, default=d.density_iters, help="Lanczos steps per probe")
+    g.add_argument("--bottom-k", type=_nonneg_int, default=d.bottom_k,
+                   help="also the k smallest eigenvalues (where L_eff turns locally convex)")
     g = p.add_argument_group("scale")
     g.add_argument("--lambda-batch", type=_positive_int, default=None,
                    help="λ values per device in one compiled program (default: 1 on CPU, 8 on GPU/TPU)")
@@ -312,7 +327,10 @@ def _execute(config, anchor, anchor_io, run_id, out, lams, todo, batches, finish
     dtype = jnp.dtype(config.dtype)
     precision = _precision(config.precision)
     train_cfg = TrainConfig(config.lr, config.batch_size, config.max_epochs, config.patience, config.min_delta)
-    spectrum = engine.SpectrumConfig(config.k, config.lanczos_iters, config.tol, config.max_restarts)
+    spectrum = engine.SpectrumConfig(config.k, config.lanczos_iters, config.tol, config.max_restarts,
+                                     config.trace_probes if config.trace else 0,
+                                     config.density_probes if config.density else 0, config.density_iters,
+                                     config.bottom_k)
     mesh = engine.lambda_mesh(devices)
     programs = engine.Programs(mesh, train_cfg, spectrum, precision=precision)
     global_batch = per_device * len(devices)
@@ -327,6 +345,7 @@ def _execute(config, anchor, anchor_io, run_id, out, lams, todo, batches, finish
     test = rep(chunk_data(np.asarray(data.x_test, dtype), data.y_test, config.chunk_size))
     hess = rep(chunk_data(x_train[:n_hess], data.y_train[:n_hess], config.chunk_size))
     anchor_dev, start_dev = rep(anchor_params), rep(start)
+    probes = rep(engine.probe_key(config.seed))
     names = np.asarray(anchor_io.parameter_names(anchor))
 
     store_path = results.store_path(out, run_id)
@@ -334,7 +353,8 @@ def _execute(config, anchor, anchor_io, run_id, out, lams, todo, batches, finish
     if jax.process_index() == 0:
         store = results.SweepStore.create(store_path, all_lams, n_params=anchor.num_params, k=config.k,
                                           attrs={"run_id": run_id, "parameter_keys": [k for pair in anchor.keys
-                                                                                      for k in pair]})
+                                                                                      for k in pair]},
+                                          extras=_store_extras(config))
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 
@@ -357,7 +377,7 @@ def _execute(config, anchor, anchor_io, run_id, out, lams, todo, batches, finish
 
             states = engine.train_batch(programs, start_dev, anchor_dev, lam_arr, x, y, train, config.seed,
                                         config.max_epochs, report)
-            analysis = programs.analyze(states.best_params, anchor_dev, lam_arr, keys, train, test, hess)
+            analysis = programs.analyze(states.best_params, anchor_dev, lam_arr, keys, train, test, hess, probes)
             rows_a = engine.local_rows(analysis)
             rows_s = engine.local_rows(states._replace(params=(), opt_state=(), best_params=()))
             seconds = (time.perf_counter() - t0) / len(batch)
@@ -381,6 +401,56 @@ def _execute(config, anchor, anchor_io, run_id, out, lams, todo, batches, finish
             "diverged": diverged, "store": str(store_path), "compilations": programs.compilations()}
 
 
+def _store_extras(config: SweepConfig) -> dict:
+    """The optional store arrays of this configuration (see :meth:`hessjax.results.SweepStore.create`)."""
+    extras = {}
+    if config.trace:
+        extras |= {"trace": ("float64", (), ()), "trace_stderr": ("float64", (), ())}
+    if config.density:
+        shape = (config.density_probes, config.density_iters)
+        extras |= {"slq_nodes": ("float64", shape, ("probe", "node")),
+                   "slq_weights": ("float64", shape, ("probe", "node"))}
+    if config.bottom_k:
+        extras |= {"bottom_eigenvalues": ("float64", (config.bottom_k,), ("bottom",)),
+                   "bottom_residuals": ("float64", (config.bottom_k,), ("bottom",))}
+    return extras
+
+
+def _extra_results(ex) -> tuple[dict, dict]:
+    """(record ``extra`` entries, store ``extras`` arrays) of one λ's :class:`hessjax.engine.Extras`."""
+    record, arrays = {}, {}
+    if ex.trace is not None:
+        record |= {"trace": float(ex.trace.trace), "trace_stderr": float(ex.trace.stderr)}
+        arrays |= {"trace": ex.trace.trace, "trace_stderr": ex.trace.stderr}
+    if ex.slq is not None:
+        arrays |= {"slq_nodes": ex.slq.nodes, "slq_weights": ex.slq.weights}
+    if ex.bottom is not None:
+        record |= {"lambda_min": float(ex.bottom.eigenvalues[0]), "lambda_min_residual": float(ex.bottom.residuals[0]),
+                   "bottom_eigenvalues": [float(v) for v in ex.bottom.eigenvalues],
+                   "bottom_residuals": [float(v) for v in ex.bottom.residuals]}
+        arrays |= {"bottom_eigenvalues": ex.bottom.eigenvalues, "bottom_residuals": ex.bottom.residuals}
+    return record, arrays
+
+
+def _write_extra_files(out, run_id, lam, ex) -> None:
+    """``Hessian-density-ID-L2.csv`` (probe, node, weight) and ``Hessian-bottom-eigenvalues-ID-L2.csv``."""
+    from . import results
+
+    label = results.lambda_label(lam)
+    if ex.slq is not None:
+        nodes, weights = np.asarray(ex.slq.nodes), np.asarray(ex.slq.weights)
+        probe = np.repeat(np.arange(nodes.shape[0]), nodes.shape[1])
+        lines = ["probe,node,weight"] + [f"{p},{n:.17g},{w:.17g}" for p, n, w in
+                                         zip(probe, nodes.ravel(), weights.ravel())]
+        results.atomic_write(Path(out) / f"Hessian-density-{run_id}-{label}.csv",
+                             lambda path: path.write_text("\n".join(lines) + "\n"))
+    if ex.bottom is not None:
+        lines = ["eigenvalue,residual"] + [f"{v:.9g},{r:.9g}" for v, r in
+                                           zip(np.asarray(ex.bottom.eigenvalues), np.asarray(ex.bottom.residuals))]
+        results.atomic_write(Path(out) / f"Hessian-bottom-eigenvalues-{run_id}-{label}.csv",
+                             lambda path: path.write_text("\n".join(lines) + "\n"))
+
+
 def _write_lambda(config, anchor, anchor_io, run_id, out, store, names, lam, a, s, seconds) -> dict:
     """Every file of one λ, then the store row, then its record (last: its presence means finished).
 
@@ -393,6 +463,7 @@ def _write_lambda(config, anchor, anchor_io, run_id, out, store, names, lam, a, 
     diverged = bool(s.diverged) or not np.isfinite(a.train_loss) or not np.all(np.isfinite(a.weights))
     eig = a.eig
     nan = float("nan")
+    extra_record, extra_arrays = _extra_results(a.extras)
     record = results.make_record(
         lam,
         train_loss=nan if diverged else a.train_loss,
@@ -408,7 +479,7 @@ def _write_lambda(config, anchor, anchor_io, run_id, out, store, names, lam, a, 
         residuals=() if diverged else eig.residuals,
         eig_converged=() if diverged else eig.converged,
         extra={"best_epoch": int(s.best_epoch), "lanczos_matvecs": int(eig.num_matvecs),
-               "lanczos_restarts": int(eig.num_restarts)},
+               "lanczos_restarts": int(eig.num_restarts), **(extra_record if not diverged else {})},
     )
     if diverged:
         store.write(record)
@@ -418,7 +489,9 @@ def _write_lambda(config, anchor, anchor_io, run_id, out, store, names, lam, a, 
         results.write_gradients_csv(out, run_id, lam, names, a.gradient)
         results.write_eigenvalues_csv(out, run_id, lam, eig.eigenvalues)
         results.write_eigenvectors(out, run_id, lam, names, eig.eigenvectors, config.eigenvectors)
-        store.write(record, gradient=a.gradient, weights=a.weights, eigenvectors=eig.eigenvectors)
+        _write_extra_files(out, run_id, lam, a.extras)
+        store.write(record, gradient=a.gradient, weights=a.weights, eigenvectors=eig.eigenvectors,
+                    extras=extra_arrays)
     results.write_record(out, run_id, record)
     return record
 

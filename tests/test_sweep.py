@@ -218,3 +218,36 @@ def test_a_different_configuration_is_refused_unless_overwrite(base_run):
     proc = sweep("--out", base_run, "--lambdas", "0", "--quiet", *SMALL[:-2], "--eigenvectors", "npy", "--lr", "0.01",
                  check=False)
     assert proc.returncode == 2 and "lr" in proc.stderr
+
+
+def test_trace_density_and_bottom_k_extras(tmp_path):
+    import xarray as xr
+
+    sweep("--out", tmp_path, "--lambdas", "0,0.05", "--quiet", *SMALL, "--trace", "--trace-probes", "20",
+          "--density", "--density-probes", "3", "--density-iters", "30", "--bottom-k", "2")
+    model = pd.read_csv(tmp_path / "Model-default.csv")
+    assert {"trace", "trace_stderr", "lambda_min", "lambda_min_residual"} <= set(model.columns)
+    assert (model["trace_stderr"] > 0).all()
+    ds = xr.open_zarr(tmp_path / "default.zarr").sortby("lambda")
+    assert ds["slq_nodes"].shape == (2, 3, 30) and ds["bottom_eigenvalues"].shape == (2, 2)
+    np.testing.assert_allclose(ds["slq_weights"].sum("node").values, 1.0, rtol=1e-5)
+    for i, label in enumerate(("0", "0.05")):
+        top = pd.read_csv(tmp_path / f"Hessian-eigenvalues-default-{label}.csv")["eigenvalue"].to_numpy()
+        bottom = pd.read_csv(tmp_path / f"Hessian-bottom-eigenvalues-default-{label}.csv")
+        assert list(bottom.columns) == ["eigenvalue", "residual"] and np.all(np.diff(bottom["eigenvalue"]) >= 0)
+        assert bottom["eigenvalue"].iloc[0] == pytest.approx(model["lambda_min"].iloc[i], rel=1e-6)
+        assert (bottom["residual"] <= 1e-4 * abs(top[0])).all()
+        nodes = ds["slq_nodes"].values[i]
+        slack = 1e-3 * abs(top[0])
+        assert nodes.min() >= bottom["eigenvalue"].iloc[0] - slack and nodes.max() <= top[0] + slack
+        density = pd.read_csv(tmp_path / f"Hessian-density-default-{label}.csv")
+        assert list(density.columns) == ["probe", "node", "weight"] and len(density) == 90
+    # the trace estimator's samples shift by exactly 2λP between λ on the same probes only at equal weights;
+    # here the weights differ, so check the penalty's share: trace(0.05) - trace(0) is dominated by 2·0.05·P
+    delta = model["trace"].iloc[1] - model["trace"].iloc[0]
+    assert delta == pytest.approx(2 * 0.05 * 118_282, rel=0.05)
+    proc = subprocess.run([sys.executable, "-m", "hessjax.report", str(tmp_path), "--quiet"], capture_output=True,
+                          text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    for name in ("trace", "density", "bottom"):
+        assert (tmp_path / "report-default" / f"{name}.png").stat().st_size > 5000
