@@ -51,6 +51,7 @@ class SpectrumConfig(NamedTuple):
     density_probes: int = 0  # stochastic Lanczos quadrature probes (0: no density)
     density_iters: int = 80  # Lanczos steps per SLQ probe
     bottom_k: int = 0  # smallest eigenpairs (0: none)
+    multiplicity_check: bool = True  # locking passes that find degenerate copies (m − k matvecs each)
 
 
 class Extras(NamedTuple):
@@ -106,7 +107,7 @@ def analyze(params: Params, anchor: Params, lam, key, train: Chunks, test: Chunk
     eig = top_k_eigenpairs(
         functools.partial(linearized_flat_hessian_matvec, precision=precision), v0, spectrum.k,
         spectrum.num_iters, params=(lin, lam, hess), tol=spectrum.tol, max_restarts=spectrum.max_restarts,
-        key=k_restart, precision=precision)
+        key=k_restart, precision=precision, multiplicity_check=spectrum.multiplicity_check)
     return Analysis(
         train_loss=dataset_cross_entropy(params, train, precision=precision),
         test_loss=dataset_cross_entropy(params, test, precision=precision),

@@ -279,7 +279,7 @@ def lanczos_tridiag(matvec: Callable, v0: Array, num_iters: int, *, params=(), k
 
 def top_k_eigenpairs(matvec: Callable, v0: Array, k: int, num_iters: int | None = None, *, params=(),
                      tol=1e-5, max_restarts: int = DEFAULT_MAX_RESTARTS, key=None,
-                     precision=lax.Precision.HIGHEST) -> EigResult:
+                     precision=lax.Precision.HIGHEST, multiplicity_check: bool = True) -> EigResult:
     r"""The ``k`` largest (algebraic) eigenpairs of a symmetric operator ``A``.
 
     Args:
@@ -294,6 +294,9 @@ def top_k_eigenpairs(matvec: Callable, v0: Array, k: int, num_iters: int | None 
       key: PRNG key for the random vectors of invariant-subspace and locking restarts; default a
         fixed key, so results are reproducible for given ``key`` and ``v0``.
       precision: of every product with the basis (Gram–Schmidt, Ritz vectors).
+      multiplicity_check: make the locking passes that find a second copy of a degenerate
+        eigenvalue inside the top k (static; default True). Each costs ``m − k`` matvecs; turn it
+        off only when the top k are known to be simple.
 
     Returns:
       :class:`EigResult`. Its ``residuals`` are true residuals of the returned pairs from one
@@ -315,16 +318,16 @@ def top_k_eigenpairs(matvec: Callable, v0: Array, k: int, num_iters: int | None 
         raise ValueError(f"max_restarts={max_restarts} must be >= 0")
     if isinstance(tol, (int, float)) and not (math.isfinite(tol) and tol >= 0):
         raise ValueError(f"tol={tol!r} must be a finite number >= 0")
-    return _top_k(matvec, v0, params, key, tol, k, m, max_restarts, precision)
+    return _top_k(matvec, v0, params, key, tol, k, m, max_restarts, precision, bool(multiplicity_check))
 
 
-def _top_k(matvec, v0, params, key, tol, k, m, max_restarts, precision) -> EigResult:
+def _top_k(matvec, v0, params, key, tol, k, m, max_restarts, precision, multiplicity_check=True) -> EigResult:
     dtype, dim = v0.dtype, v0.shape[0]
     eps = jnp.finfo(dtype).eps
     tol = jnp.asarray(tol, dtype)
     # rows m … m+b_max-1 hold the residual block; they must fit in R^P to be orthonormal
     b_max = max(1, min(1 + min(k, _MAX_LOCKING_PASSES), dim - m))
-    allow_lock = b_max >= 2
+    allow_lock = b_max >= 2 and multiplicity_check
     n_rows = m + b_max
     k_keep = k + (m - k) // 2
     key_start, key_invariant, key_lock = (jax.random.fold_in(key, i) for i in range(3))
