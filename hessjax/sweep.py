@@ -244,7 +244,9 @@ def run(config: SweepConfig | None = None, **overrides) -> dict:
     from .bridges import anchor as anchor_io
 
     anchor_path = Path(config.anchor) if config.anchor else default_anchor_path()
-    anchor = anchor_io.load_anchor(anchor_path)
+    with jax.enable_x64(True):  # a float64 anchor is read exactly, then cast to --dtype below
+        anchor = anchor_io.load_anchor(anchor_path)
+        anchor = anchor._replace(params=jax.tree_util.tree_map(np.asarray, anchor.params))
     run_id = config.run_id or anchor_path.stem
     results.check_run_id(run_id)
     if config.tfds_dir and config.data_dir:

@@ -158,7 +158,11 @@ def test_kill_and_resume_equals_an_uninterrupted_run(base_run, tmp_path):
 
 
 def test_diverged_lambda_is_recorded_and_the_sweep_continues(tmp_path):
-    sweep("--out", tmp_path, "--lambdas", "0,1e38", "--quiet", *SMALL)
+    """Also: a float64 anchor works with the default float32 sweep, and its dtype is written back."""
+    anchor64 = tmp_path / "anchor64.pth"
+    torch.save({k: v.double() for k, v in read_pth(ANCHOR).items()}, anchor64)
+    sweep("--out", tmp_path, "--anchor", anchor64, "--id", "default", "--lambdas", "0,1e38", "--quiet", *SMALL)
+    assert all(t.dtype == torch.float64 for t in read_pth(tmp_path / "model_weights-default-0.pth").values())
     model = pd.read_csv(tmp_path / "Model-default.csv")
     assert model["diverged"].tolist() == [False, True]
     assert not (tmp_path / "Hessian-eigenvalues-default-100000000000000000000000000000000000000.csv").exists()
