@@ -507,11 +507,13 @@ def _print_plan(config, anchor, run_id, lams, todo, batches, devices, per_device
     m = config.lanczos_iters or min(P, max(2 * k + 20, 4 * k))
     flops_fwd = 2 * sum(a * b for a, b in zip(anchor.sizes[:-1], anchor.sizes[1:]))  # per sample
     epochs = min(config.max_epochs, 40)  # a typical plateau; the cap bounds it
-    train_flops = epochs * n_train * flops_fwd * 3 + epochs * n_train * flops_fwd
-    lanczos_flops = 1.5 * m * (4.75 * n_hess * flops_fwd + 4 * m * P)
-    rate = 100e9 if devices[0].platform == "cpu" else 20e12  # sustained FLOP/s, rough
-    per_lambda = (train_flops + lanczos_flops) / rate
-    bytes_per_lambda = P * 4 + P * 16 + k * 16 + (P * k * 13 if config.eigenvectors == "csv" else
+    train_flops = epochs * n_train * flops_fwd * 4  # forward + backward per step, and the epoch's L_eff
+    hvps = m + (m - k if config.multiplicity_check else 0) + k  # first pass, locking pass, residuals
+    lanczos_flops = hvps * (2.6 * n_hess * flops_fwd + 4 * (m + 9) * P)  # R-operator + Gram–Schmidt
+    # sustained rates measured on a 2-core CPU (benchmarks/RESULTS.md); an accelerator's are a guess
+    train_rate, hvp_rate = (50e9, 120e9) if devices[0].platform == "cpu" else (5e12, 20e12)
+    per_lambda = train_flops / train_rate + lanczos_flops / hvp_rate
+    bytes_per_lambda = P * 4 + P * 16 + k * 16 + (P * k * 15 if config.eigenvectors == "csv" else
                                                     P * k * 4 if config.eigenvectors == "npy" else 0)
     bytes_store = P * k * 4 + 2 * P * 4
     lines = [
