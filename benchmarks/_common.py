@@ -364,3 +364,13 @@ def interleaved_workers(jobs: dict[str, tuple[Worker, dict]], repeats: int, warm
             w, req = jobs[name]
             times[name].extend(w.call(**req)["seconds"])
     return {n: stats(t) for n, t in times.items()}
+
+
+def resolve_device(device: str) -> str:
+    """``cpu`` or ``gpu``: ``auto`` asks JAX's default backend in a child process (so this process
+    starts no framework)."""
+    if device != "auto":
+        return device
+    backend = run_child(["-c", "import jax, sys; sys.path.insert(0, 'benchmarks'); import _common as C; "
+                               "C.child_result({'backend': jax.default_backend()})"])["backend"]
+    return "cpu" if backend == "cpu" else "gpu"

@@ -284,11 +284,7 @@ def main(argv=None) -> int:
     else:
         methods = [m for m in ALL_METHODS
                    if args.samples <= 10_000 or m not in ("pyhessian", "hessjax_fwdrev")]
-    device = args.device
-    if device == "auto":
-        device = C.run_child(["-c", "import jax, sys; sys.path.insert(0, 'benchmarks'); import _common as C; "
-                                    "C.child_result({'backend': jax.default_backend()})"])["backend"]
-        device = "cpu" if device == "cpu" else "gpu"
+    device = C.resolve_device(args.device)
 
     tmp = tempfile.TemporaryDirectory(prefix="hessjax-bench-")
     tmpdir = Path(tmp.name)

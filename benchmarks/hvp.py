@@ -307,11 +307,7 @@ def main(argv=None) -> int:
         worker(args)
         return 0
 
-    device = args.device
-    if device == "auto":
-        device = C.run_child(["-c", "import jax, sys; sys.path.insert(0, 'benchmarks'); import _common as C; "
-                                    "C.child_result({'backend': jax.default_backend()})"])["backend"]
-        device = "cpu" if device == "cpu" else "gpu"
+    device = C.resolve_device(args.device)
     tmp = tempfile.TemporaryDirectory(prefix="hessjax-bench-")
     tmpdir = Path(tmp.name)
     npz = C.problem_npz(args.samples, tmpdir / "problem.npz")

@@ -22,7 +22,6 @@ its default 2-thread OpenMP pool can be many times slower than one thread.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
@@ -134,7 +133,6 @@ def main(argv=None) -> int:
             warm = ",".join(repr(v) for v in lams[:b])
             t = workers[name].call(op="run", lambdas=warm)["seconds"][0]
             print(f"{name:12s} warm-up ({b} λ, compiles): {t:.1f} s", flush=True)
-        grid = ",".join(repr(v) for v in lams)
         n_torch = min(args.torch_lambdas or len(lams), len(lams))
         count = {name: n_torch if name.startswith("torch") else len(lams) for name in configs}
         jobs = {name: (workers[name], {"op": "run", "lambdas": ",".join(repr(v) for v in lams[:count[name]])})

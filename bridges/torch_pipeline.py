@@ -117,7 +117,6 @@ def run(anchor_path, out, *, run_id=None, seed=0, lambdas="0", lr=0.0015, batch_
     if k >= anchor.num_params:
         raise results.UsageError(f"--k {k} must be below the number of parameters {anchor.num_params} (ARPACK)")
     out = results.check_writable(out)
-    tdtype = {"float32": torch.float32, "float64": torch.float64}[dtype]
     np_dtype = np.dtype(dtype)
     anchor_params = tuple((np.asarray(w, np_dtype), np.asarray(b, np_dtype)) for w, b in anchor.params)
     start = anchor_params if init == "anchor" else initial_params(seed, anchor.sizes, np_dtype)

@@ -178,7 +178,7 @@ class Programs:
                                             precision=precision)
             )(params, lams, keys)
 
-        split, rep = self.split, self.replicated
+        split = self.split
         self.init = jax.jit(init, out_shardings=split)
         self.epoch = jax.jit(epoch, out_shardings=split, donate_argnums=0)
         self.analyze = jax.jit(analyze_all, out_shardings=split)

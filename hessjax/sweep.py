@@ -284,10 +284,6 @@ def run(config: SweepConfig | None = None, **overrides) -> dict:
         results.check_config(out, run_id, fingerprint, overwrite=config.overwrite, anchor_sha256=anchor.sha256)
         results.write_manifest(out, run_id, fingerprint, anchor_sha256=anchor.sha256,
                                devices=[str(d) for d in devices], matmul_precision=config.precision)
-    if config.overwrite:
-        finished = {}
-        todo = [float(v) for v in sorted(lams)]
-        batches = [todo[i: i + global_batch] for i in range(0, len(todo), global_batch)]
 
     return _execute(config, anchor, anchor_io, run_id, out, lams, todo, batches, finished, data, n_hess,
                     per_device, devices, fingerprint)
@@ -510,7 +506,8 @@ def _print_plan(config, anchor, run_id, lams, todo, batches, devices, per_device
     train_flops = epochs * n_train * flops_fwd * 4  # forward + backward per step, and the epoch's L_eff
     hvps = m + (m - k if config.multiplicity_check else 0) + k  # first pass, locking pass, residuals
     lanczos_flops = hvps * (2.6 * n_hess * flops_fwd + 4 * (m + 9) * P)  # R-operator + Gram–Schmidt
-    # sustained rates measured on a 2-core CPU (benchmarks/RESULTS.md); an accelerator's are a guess
+    # rough sustained rates on a 2-core CPU (a 60,000-sample epoch takes ~1 s; the HVP rate is in
+    # benchmarks/RESULTS.md); an accelerator's are a guess, not a measurement
     train_rate, hvp_rate = (50e9, 120e9) if devices[0].platform == "cpu" else (5e12, 20e12)
     per_lambda = train_flops / train_rate + lanczos_flops / hvp_rate
     bytes_per_lambda = P * 4 + P * 16 + k * 16 + (P * k * 15 if config.eigenvectors == "csv" else

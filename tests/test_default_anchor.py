@@ -3,7 +3,6 @@
 import hashlib
 import re
 
-import numpy as np
 import torch
 
 import hessjax

@@ -1,6 +1,5 @@
 """The README's Python examples run as written against a real (small) sweep's output."""
 
-import os
 import re
 
 import numpy as np

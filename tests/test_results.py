@@ -1,7 +1,6 @@
 """The output layer: λ parsing and labels, per-λ files, records, Model CSV, the Zarr store, manifest, atomicity."""
 
 import json
-import os
 import subprocess
 import sys
 import textwrap

@@ -6,7 +6,6 @@ jax), on small configurations so the whole file stays within a few minutes on 2 
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
