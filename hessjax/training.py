@@ -141,8 +141,8 @@ def train(params: Params, anchor: Params, lam, x: jax.Array, y: jax.Array, train
           config: TrainConfig, *, precision=DEFAULT_PRECISION) -> TrainState:
     """Train one member to its stopping epoch inside one compiled ``lax.while_loop``.
 
-    The sweep drives :func:`train_epoch` epoch by epoch instead, to report progress; both give the
-    same bits for the same inputs.
+    The sweep drives :func:`train_epoch` epoch by epoch instead, to report progress; both apply the
+    same epochs and the same stopping rule (tested against each other to 1e-12 in float64).
     """
     state = init_state(params, anchor, lam, train_chunks, config, precision=precision)
 
