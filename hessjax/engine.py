@@ -51,7 +51,7 @@ class SpectrumConfig(NamedTuple):
     density_probes: int = 0  # stochastic Lanczos quadrature probes (0: no density)
     density_iters: int = 80  # Lanczos steps per SLQ probe
     bottom_k: int = 0  # smallest eigenpairs (0: none)
-    multiplicity_check: bool = True  # locking passes that find degenerate copies (m − k matvecs each)
+    multiplicity_check: bool = True  # locking passes that find degenerate copies (~(m − k)/2 matvecs each)
 
 
 class Extras(NamedTuple):
@@ -173,10 +173,15 @@ class Programs:
             )(states, lams)
 
         def analyze_all(params, anchor, lams, keys, train, test, hess, probes):
-            return jax.vmap(
-                lambda p, lam, key: analyze(p, anchor, lam, key, train, test, hess, spec, probes=probes,
-                                            precision=precision)
-            )(params, lams, keys)
+            def one(p, lam, key):
+                return analyze(p, anchor, lam, key, train, test, hess, spec, probes=probes, precision=precision)
+
+            if lams.shape[0] == 1:  # no vmap: Lanczos' conditionals (early exit, a second Gram–Schmidt
+                # pass only when needed) then skip work instead of computing both branches
+                squeeze = lambda a: a[0]  # noqa: E731
+                out = one(*jax.tree_util.tree_map(squeeze, (params, lams, keys)))
+                return jax.tree_util.tree_map(lambda a: a[None], out)
+            return jax.vmap(one)(params, lams, keys)
 
         split = self.split
         self.init = jax.jit(init, out_shardings=split)

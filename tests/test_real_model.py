@@ -42,12 +42,22 @@ def test_top30_meet_the_default_tolerance(setup):
     assert np.all(np.diff(vals) <= 0)
     assert bool(res.converged.all()), np.asarray(res.residuals) / abs(vals[0])
     assert np.max(res.residuals) <= 1e-5 * abs(vals[0])
-    # the reported residuals are the true ones: recompute a few independently, in float64 on the host
+    # the reported residuals are the true ones: recompute a few with the float64 operator (weights,
+    # data and products in float64). They agree up to the float32 operator's own rounding (`noise`,
+    # ~2e-6·|λ₁| here), which is also the floor of any float32 residual, and meet the tolerance.
+    f64 = lambda tree: jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), tree)  # noqa: E731
+    chunks64 = hessjax.chunk_data(jnp.asarray(x, jnp.float64), y, 1024)
     for i in (0, 9, 29):
         v = res.eigenvectors[i]
-        hv = hessjax.flat_hessian_matvec(v, params, anchor, jnp.float32(0.01), chunks)
-        true = np.linalg.norm(np.asarray(hv, np.float64) - vals[i] * np.asarray(v, np.float64))
-        assert true == pytest.approx(float(res.residuals[i]), rel=0.05, abs=2e-7 * abs(float(vals[0])))
+        hv32 = np.asarray(hessjax.flat_hessian_matvec(v, params, anchor, jnp.float32(0.01), chunks), np.float64)
+        hv64 = np.asarray(hessjax.flat_hessian_matvec(jnp.asarray(v, jnp.float64), f64(params), f64(anchor), 0.01,
+                                                      chunks64))
+        v64 = np.asarray(v, np.float64)
+        true = np.linalg.norm(hv64 - vals[i] * v64)
+        noise = np.linalg.norm(hv32 - hv64)
+        assert 0 < noise <= 1e-5 * abs(vals[0])
+        assert abs(true - float(res.residuals[i])) <= 2 * noise + 1e-7 * abs(vals[0])
+        assert true <= 1e-5 * abs(vals[0])
 
 
 def test_chunked_hvp_equals_unchunked_in_float32(setup):
