@@ -11,7 +11,9 @@ The operator is ``∇²L_eff`` of the 784-128-128-10 MLP at the shipped anchor (
 
 * ``hessjax``        — ``jit`` of what a sweep's ``analyze`` does: ``linearize_hessian`` once, then
                        ``top_k_eigenpairs`` (default settings: m = max(2k+20, 4k), tol 1e-5,
-                       30 restarts) over ``linearized_flat_hessian_matvec``;
+                       30 restarts, the multiplicity check on) over ``linearized_flat_hessian_matvec``;
+* ``hessjax_nomc``   — the same with ``multiplicity_check=False`` (``--no-multiplicity-check``): no
+                       locking pass, the guarantee ARPACK gives;
 * ``hessjax_fwdrev`` — the same solver over ``flat_hessian_matvec`` (forward-over-reverse per step);
 * ``scipy_default``  — ``hessjax.bridges.top_k_eigsh`` (``eigsh(which='LA', tol=0)``) over
                        ``TorchHVP.numpy_matvec``, as ``hessjax.bridges.torch_pipeline`` runs it, with
@@ -50,12 +52,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
-ALL_METHODS = ("hessjax", "hessjax_fwdrev", "scipy_default", "scipy_blas1", "scipy_1thread", "scipy_double_backward",
-               "pyhessian", "matfree")
+ALL_METHODS = ("hessjax", "hessjax_nomc", "hessjax_fwdrev", "scipy_default", "scipy_blas1", "scipy_1thread",
+               "scipy_double_backward", "pyhessian", "matfree")
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
 ENV = {"scipy_blas1": {"OPENBLAS_NUM_THREADS": "1"}, "scipy_1thread": ONE_THREAD}
 THREADS = {
-    "hessjax": "XLA:CPU default (all cores)", "hessjax_fwdrev": "XLA:CPU default (all cores)",
+    "hessjax": "XLA:CPU default (all cores)", "hessjax_nomc": "XLA:CPU default (all cores)",
+    "hessjax_fwdrev": "XLA:CPU default (all cores)",
     "matfree": "XLA:CPU default (all cores)",
     "scipy_default": "torch default (all cores); OpenBLAS default (all cores)",
     "scipy_blas1": "torch default (all cores); OPENBLAS_NUM_THREADS=1",
@@ -97,7 +100,7 @@ def worker(args) -> None:
     params_np, x_np, y_np = C.read_problem(args.problem)
     method, k, lam = args.worker, args.k, args.lam
     handlers = {"info": lambda: C.machine()}
-    if method in ("hessjax", "hessjax_fwdrev", "matfree", "reference"):
+    if method in ("hessjax", "hessjax_nomc", "hessjax_fwdrev", "matfree", "reference"):
         jax = _jax(args.device, x64=method == "reference")
         import jax.numpy as jnp
         from jax.flatten_util import ravel_pytree
@@ -113,13 +116,14 @@ def worker(args) -> None:
         v0 = jax.random.normal(jax.random.key(args.seed), flat.shape, dtype)
         m_default = hessjax.lanczos.default_num_iters(k, flat.size)
 
-        if method in ("hessjax", "reference"):
+        if method in ("hessjax", "hessjax_nomc", "reference"):
             tol, restarts = (1e-10, 200) if method == "reference" else (1e-5, hessjax.lanczos.DEFAULT_MAX_RESTARTS)
+            check = method != "hessjax_nomc"
 
             def solve(params, lam, chunks, v0):
                 lin = linearize_hessian(params, chunks)
                 return hessjax.top_k_eigenpairs(linearized_flat_hessian_matvec, v0, k, params=(lin, lam, chunks),
-                                                tol=tol, max_restarts=restarts)
+                                                tol=tol, max_restarts=restarts, multiplicity_check=check)
         elif method == "hessjax_fwdrev":
             def solve(params, lam, chunks, v0):
                 return hessjax.top_k_eigenpairs(flat_hessian_matvec, v0, k, params=(params, params, lam, chunks))
@@ -349,7 +353,8 @@ def main(argv=None) -> int:
     med = {m: times[m]["median"] for m in methods}
     scipy = [m for m in methods if m.startswith("scipy")]
     best_scipy = min(scipy, key=lambda m: med[m]) if scipy else None
-    jax_info = next((info[m] for m in methods if m in ("hessjax", "hessjax_fwdrev", "matfree")), info[methods[0]])
+    jax_info = next((info[m] for m in methods if m in ("hessjax", "hessjax_nomc", "hessjax_fwdrev", "matfree")),
+                    info[methods[0]])
     torch_info = next((info[m] for m in methods if m.startswith("scipy") or m == "pyhessian"), {})
     machine = jax_info | {k: v for k, v in torch_info.items() if k.startswith("torch") or k == "blas"}
     machine["timing"] = ("each method in its own process (thread environment per method), one warm-up solve, "
@@ -367,6 +372,15 @@ def main(argv=None) -> int:
         "ratio_vs_scipy": (med["hessjax"] / med["scipy_default"]) if {"hessjax", "scipy_default"} <= set(med) else None,
         "ratio_vs_scipy_best": (med["hessjax"] / med[best_scipy]) if "hessjax" in med and best_scipy else None,
         "ratio_vs_pyhessian": (med["hessjax"] / med["pyhessian"]) if {"hessjax", "pyhessian"} <= set(med) else None,
+        "hessjax_nomc_seconds": med.get("hessjax_nomc"),
+        "ratio_nomc_vs_scipy": (med["hessjax_nomc"] / med["scipy_default"])
+        if {"hessjax_nomc", "scipy_default"} <= set(med) else None,
+        "ratio_nomc_vs_scipy_best": (med["hessjax_nomc"] / med[best_scipy]) if "hessjax_nomc" in med and best_scipy
+        else None,
+        "ratio_vs_scipy_double_backward": (med["hessjax"] / med["scipy_double_backward"])
+        if {"hessjax", "scipy_double_backward"} <= set(med) else None,
+        "ratio_nomc_vs_scipy_double_backward": (med["hessjax_nomc"] / med["scipy_double_backward"])
+        if {"hessjax_nomc", "scipy_double_backward"} <= set(med) else None,
         "max_rel_error": details["hessjax"]["max_rel_error"] if "hessjax" in details else None,
         "max_residual_rel": details["hessjax"]["max_residual_rel"] if "hessjax" in details else None,
         "hvps": {m: details[m]["hvps"] for m in methods},
@@ -381,9 +395,10 @@ def main(argv=None) -> int:
         d = details[m]
         print(f"{m:22s} {C.fmt(times[m]):>30s} {d['hvps']:6d} {d['max_rel_error']:11.1e} {d['max_residual_rel']:14.1e} "
               f"{d['within_1e-4']:3d}/{args.k}  {d['threads']}")
-    for key in ("ratio_vs_scipy", "ratio_vs_scipy_best", "ratio_vs_pyhessian"):
+    for key in ("ratio_vs_scipy", "ratio_vs_scipy_best", "ratio_vs_pyhessian", "ratio_vs_scipy_double_backward",
+                "ratio_nomc_vs_scipy", "ratio_nomc_vs_scipy_best", "ratio_nomc_vs_scipy_double_backward"):
         if result[key] is not None:
-            print(f"{key}: {result[key]:.3f}" + (f" (best scipy: {best_scipy})" if key == "ratio_vs_scipy_best" else ""))
+            print(f"{key}: {result[key]:.3f}" + (f" (best scipy: {best_scipy})" if "best" in key else ""))
     print(f"machine: {machine['cpu']}, {machine['logical_cpus']} logical CPUs, jax {machine['versions']['jax']}, "
           f"torch {machine['versions']['torch']}; load average before/after timing: {load_before} / {load_after}")
     C.write_json(args.json, result)

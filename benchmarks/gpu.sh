@@ -12,7 +12,8 @@
 #
 # Steps (each under its own time limit, so one slow step cannot eat the others' time):
 #   hvp    60,000 samples: every HVP method, 7 interleaved rounds (no memory processes) (~30 s)
-#   eigs   60,000 samples, k=30: hessjax, eigsh over torch (default threads), PyHessian,
+#   eigs   60,000 samples, k=30: hessjax (with and without the multiplicity check), eigsh
+#          over torch (default threads), PyHessian,
 #          matfree; float64 reference on the GPU                                        (~90 s)
 #   sweep  60,000 samples, k=10, 2 epochs, 8 λ (0:0.07:8), λ batches 1 and 8 (GPU_BATCHES);
 #          the torch pipeline on one λ (hessjax.bridges.torch_pipeline has no device option:
@@ -83,7 +84,7 @@ EOF
   fi
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$out/nvidia-smi.txt" 2>&1 || true
   hvp_args=(--samples 60000 --repeats 7 --no-single-thread --no-memory)
-  eigs_args=(--samples 60000 --k 30 --repeats 2 --methods hessjax,scipy_default,pyhessian,matfree)
+  eigs_args=(--samples 60000 --k 30 --repeats 2 --methods hessjax,hessjax_nomc,scipy_default,pyhessian,matfree)
   sweep_args=(--train-samples 60000 --test-samples 10000 --k 10 --epochs 2 --lambdas 0:0.07:8
               --batches "${GPU_BATCHES:-1,8}" --torch-lambdas 1 --no-torch-warmup --repeats 1)
   limits=(50 100 130)  # 280 s in all, plus start-up: within 5 minutes
