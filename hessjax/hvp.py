@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.flatten_util import ravel_pytree
 
-from .loss import _cast_lam, anchor_penalty, cross_entropy_sum
+from .loss import _cast_lam, anchor_penalty, cross_entropy_sum, softmax_jvp, softmax_minus_onehot
 from .model import DEFAULT_PRECISION, Params, apply_mlp
 
 DEFAULT_CHUNK_SIZE = 10_000
@@ -178,7 +178,7 @@ def _chunk_residuals(params: Params, x, y, precision) -> _Residuals:
             h = jax.nn.sigmoid(z)
             hidden.append(h)
     probs = jax.nn.softmax(z, axis=-1)
-    delta = probs - jax.nn.one_hot(y, probs.shape[-1], dtype=probs.dtype)
+    delta = softmax_minus_onehot(probs, y)
     deltas, curvature = [delta], []
     for l in range(num_layers - 1, 0, -1):  # hidden layer l (1-based), fed by δ_{l+1}
         e = _mm(delta, params[l][0], precision)  # ∂ℓ/∂h_l
@@ -206,7 +206,7 @@ def _chunk_rop(params: Params, res: _Residuals, x, v: Params, precision) -> Para
             hdot = h * (1 - h) * zdot
             hdots.append(hdot)
     p, zl = res.probs, zdots[-1]
-    ddot = p * zl - p * jnp.sum(p * zl, axis=-1, keepdims=True)  # δ̇_L = (diag p − p pᵀ) ż_L
+    ddot = softmax_jvp(p, zl)  # δ̇_L = (diag p − p pᵀ) ż_L
     out = [None] * num_layers
     for l in range(num_layers - 1, -1, -1):  # backward: δ̇_l and the products for layer l
         gw = _mm(ddot.T, inputs[l], precision)
@@ -241,7 +241,11 @@ def linearize_hessian(params: Params, chunks: Chunks, *, precision=DEFAULT_PRECI
 
     summed over samples and divided by ``N``: the same numbers as ``jax.linearize(jax.grad(f), θ)``
     applied to ``v`` (and as torch's double backward, :func:`hessjax.bridges.hvp_torch`), up to
-    rounding. The residuals are ``h_l``, ``e_l ⊙ σ''(z_l)``, ``δ_l`` (``l ≥ 2``) and ``p``
+    rounding. ``δ_L`` and ``δ̇_L`` are formed without cancellation
+    (:func:`hessjax.loss.softmax_minus_onehot`, :func:`hessjax.loss.softmax_jvp`): as written above
+    they lose a factor ``1/(1 − p_y)`` of float32 accuracy on confidently classified samples, which
+    put a 1e-5 relative error into ``H v₁`` of the trained model at 60,000 samples (now 3e-7).
+    The residuals are ``h_l``, ``e_l ⊙ σ''(z_l)``, ``δ_l`` (``l ≥ 2``) and ``p``
     (:class:`LinearizedHessian`); ``σ'(z_l) = h_l(1 − h_l)`` is recomputed, and ``x`` is read from
     ``chunks`` again, never copied. Memory: all residuals of the data set at once, not one chunk.
     """

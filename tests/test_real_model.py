@@ -9,7 +9,7 @@ from jax.flatten_util import ravel_pytree
 
 import hessjax
 from hessjax.bridges import load_anchor
-from hessjax.hvp import dataset_hvp
+from hessjax.hvp import dataset_grad, dataset_hvp, linearize_hessian, linearized_flat_hessian_matvec
 
 from conftest import REPO
 
@@ -86,3 +86,40 @@ def test_lambda_does_not_recompile(setup):
     assert len(traces) == n_traces and solve._cache_size() == 1
     # same start vector: λ only shifts the spectrum by 2λ
     np.testing.assert_allclose(r2.eigenvalues, r1.eigenvalues + 0.1, rtol=2e-4)
+
+
+def test_float32_products_keep_their_accuracy_on_confident_samples(setup):
+    """``H v₁`` and ``∇L`` in float32 against float64, at the trained anchor (98% of the samples are
+    classified with ``p_y`` near 1). Computed as ``p_y − 1``, the gradient's and the softmax
+    Jacobian's entries lose a factor ``1/(1 − p_y)``; the old formulas (written out below) show it."""
+    _, params, x, y = setup
+    chunks = hessjax.chunk_data(x, y, 1024)
+    f64 = lambda tree: jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), tree)  # noqa: E731
+    params64, chunks64 = f64(params), hessjax.chunk_data(jnp.asarray(x, jnp.float64), y, 1024)
+    flat, _ = ravel_pytree(params)
+    v0 = jax.random.normal(jax.random.PRNGKey(3), flat.shape, jnp.float64)
+    lin64 = linearize_hessian(params64, chunks64)
+    top = hessjax.top_k_eigenpairs(linearized_flat_hessian_matvec, v0, 1, 24, params=(lin64, 0.0, chunks64),
+                                   tol=1e-10)
+    v1, lam1 = top.eigenvectors[0], float(top.eigenvalues[0])
+    exact = np.asarray(linearized_flat_hessian_matvec(v1, lin64, 0.0, chunks64))
+    v32 = jnp.asarray(v1, jnp.float32)
+    lin32 = linearize_hessian(params, chunks)
+    rop = np.asarray(linearized_flat_hessian_matvec(v32, lin32, 0.0, chunks), np.float64)
+    fwdrev = np.asarray(hessjax.flat_hessian_matvec(v32, params, params, 0.0, chunks), np.float64)
+    errors = [np.linalg.norm(hv - exact) / lam1 for hv in (rop, fwdrev)]
+    grad = np.asarray(ravel_pytree(dataset_grad(params, params, 0.0, chunks))[0], np.float64)
+    grad64 = np.asarray(ravel_pytree(dataset_grad(params64, params64, 0.0, chunks64))[0])
+    grad_error = np.linalg.norm(grad - grad64) / np.linalg.norm(grad64)
+
+    # the textbook formulas (log_softmax, so p_y − 1) in float32, for comparison
+    def naive_loss(p):
+        logp = jax.nn.log_softmax(hessjax.apply_mlp(p, x), axis=-1)
+        return -jnp.mean(jnp.take_along_axis(logp, y[:, None].astype(jnp.int32), axis=-1))
+
+    naive_grad = np.asarray(ravel_pytree(jax.grad(naive_loss)(params))[0], np.float64)
+    _, unravel = ravel_pytree(params)
+    naive_hv = np.asarray(ravel_pytree(hessjax.hvp(naive_loss, params, unravel(v32)))[0], np.float64)
+    naive_errors = (np.linalg.norm(naive_hv - exact) / lam1, np.linalg.norm(naive_grad - grad64) / np.linalg.norm(grad64))
+    assert max(errors) <= 1.5e-6 and grad_error <= 3e-6, (errors, grad_error, naive_errors)
+    assert naive_errors[0] > 4 * max(errors) and naive_errors[1] > 10 * grad_error, (errors, grad_error, naive_errors)
