@@ -62,7 +62,7 @@ if [[ $smoke -eq 1 ]]; then
   device=cpu
   export JAX_PLATFORMS=cpu
   hvp_args=(--samples 512 --repeats 2 --no-memory --no-single-thread)
-  eigs_args=(--samples 256 --k 5 --repeats 1 --methods hessjax,scipy_default,pyhessian,matfree)
+  eigs_args=(--samples 256 --k 5 --repeats 1 --methods hessjax,hessjax_nomc,scipy_default,pyhessian,matfree)
   sweep_args=(--train-samples 256 --test-samples 128 --k 3 --epochs 1 --lambdas 0:0.01:2 --batches 1,2
               --torch-lambdas 1 --repeats 1)
   limits=(120 180 240)
