@@ -346,7 +346,7 @@ def _coupling(proj: Array, m: int, n, b_max: int, block):
 
 def lanczos_tridiag(matvec: Callable, v0: Array, num_iters: int, *, params=(), key=None,
                     precision=lax.Precision.HIGHEST) -> LanczosDecomp:
-    r"""``num_iters`` steps of Lanczos with full (two-pass) reorthogonalisation from ``v0``.
+    r"""``num_iters`` steps of Lanczos with full reorthogonalisation from ``v0`` (as in the module docstring).
 
     Returns ``Q`` ``[m, P]``, ``α`` ``[m]``, ``β`` ``[m]`` and ``q_m`` ``[P]`` with
 
