@@ -147,20 +147,30 @@ def default_num_iters(k: int, dim: int) -> int:
 # validation (before tracing)
 
 
-def _as_int(name: str, value) -> int:
+def _as_int(name: str, value, lo: int | None = None) -> int:
+    """``value`` as a static Python int (``≥ lo`` when given), or a ``ValueError`` naming ``name``."""
     if isinstance(value, bool):
         raise ValueError(f"{name}={value!r} must be a Python int, not a bool")
     try:
-        return operator.index(value)
+        value = operator.index(value)
     except TypeError:
         raise ValueError(f"{name}={value!r} must be a Python int (a static value, not an array)") from None
+    if lo is not None and value < lo:
+        raise ValueError(f"{name}={value} must be >= {lo}")
+    return value
 
 
-def _check_common(matvec, v0, params, key):
+def _check_operator(matvec, params) -> tuple:
+    """``params`` as a tuple, after checking that ``matvec`` is callable and ``params`` a sequence."""
     if not callable(matvec):
         raise ValueError(f"matvec={matvec!r} must be callable as matvec(v, *params) -> A v")
     if not isinstance(params, (tuple, list)):
         raise ValueError(f"params must be a tuple of extra arguments to matvec, got {type(params).__name__}")
+    return tuple(params)
+
+
+def _check_common(matvec, v0, params, key):
+    params = _check_operator(matvec, params)
     v0 = jnp.asarray(v0)
     if v0.ndim != 1 or v0.shape[0] < 1:
         raise ValueError(f"v0 must be a non-empty flat vector [P], got shape {v0.shape}")
@@ -168,7 +178,7 @@ def _check_common(matvec, v0, params, key):
         raise ValueError(f"v0 must have a real floating dtype (the working dtype), got {v0.dtype}")
     if key is None:
         key = jax.random.key(0)
-    return v0, tuple(params), key
+    return v0, params, key
 
 
 def _check_num_iters(num_iters, k: int, dim: int) -> int:
@@ -269,8 +279,8 @@ def _step_orthogonalize(w0: Array, basis: Array, j, block, mask: Array, precisio
 
 def _extend(matvec, params, basis, products, proj, j0, block, anorm, counter, key, precision, m,
             stop=None, min_fill=0):
-    """Process columns ``j0, j0 + 1, …``: column ``j`` stores ``A q_j`` in ``products[j]`` and appends
-    its residual as row ``j + block``.
+    """Process columns ``j0, j0 + 1, …``: column ``j`` stores ``A q_j`` in ``products[j]`` (unless
+    ``products`` is ``None``) and appends its residual as row ``j + block``.
 
     Runs to column ``m − 1``, or — when ``stop(proj, n)`` is given — until it says the first ``n``
     columns suffice; it is asked every ``_CHECK_EVERY`` columns once ``n ≥ min_fill``.
@@ -301,7 +311,8 @@ def _extend(matvec, params, basis, products, proj, j0, block, anorm, counter, ke
         proj = proj.at[:, j].set(h).at[j, :].set(h)
         proj = proj.at[nxt, j].set(beta).at[j, nxt].set(beta)
         basis = basis.at[nxt].set(q_next)
-        products = products.at[j].set(w0)
+        if products is not None:
+            products = products.at[j].set(w0)
         betas = betas.at[j].set(beta)
         n = j + 1
         if stop is None:
@@ -364,7 +375,7 @@ def lanczos_tridiag(matvec: Callable, v0: Array, num_iters: int, *, params=(), k
     dtype = v0.dtype
     basis = jnp.zeros((m + 1, dim), dtype).at[0].set(_start_vector(v0, jax.random.fold_in(key, 0)))
     proj = jnp.zeros((m + 1, m + 1), dtype)
-    basis, _, proj, betas, _, _, _ = _extend(matvec, params, basis, jnp.zeros_like(basis), proj, 0, 1,
+    basis, _, proj, betas, _, _, _ = _extend(matvec, params, basis, None, proj, 0, 1,
                                              jnp.zeros((), dtype), jnp.zeros((), jnp.int32),
                                              jax.random.fold_in(key, 1), precision, m)
     return LanczosDecomp(basis[:m], jnp.diagonal(proj)[:m], betas, basis[m])

@@ -39,14 +39,13 @@ Precision: every probe inner product and every product with the Lanczos basis ru
 from __future__ import annotations
 
 import math
-import operator
 from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from .lanczos import EigResult, lanczos_tridiag, top_k_eigenpairs
+from .lanczos import EigResult, _apply, _as_int, _check_operator, lanczos_tridiag, top_k_eigenpairs
 
 Array = jax.Array
 
@@ -84,33 +83,18 @@ class SLQResult(NamedTuple):
 # validation (before tracing)
 
 
-def _as_int(name: str, value, lo: int = 1) -> int:
-    if isinstance(value, bool):
-        raise ValueError(f"{name}={value!r} must be a Python int, not a bool")
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise ValueError(f"{name}={value!r} must be a Python int (a static value, not an array)") from None
-    if value < lo:
-        raise ValueError(f"{name}={value} must be >= {lo}")
-    return value
-
-
 def _check(matvec, num_probes, dim, dtype, params, batch_size, default_batch):
-    if not callable(matvec):
-        raise ValueError(f"matvec={matvec!r} must be callable as matvec(v, *params) -> A v")
-    if not isinstance(params, (tuple, list)):
-        raise ValueError(f"params must be a tuple of extra arguments to matvec, got {type(params).__name__}")
-    num_probes = _as_int("num_probes", num_probes)
-    dim = _as_int("dim", dim)
+    params = _check_operator(matvec, params)
+    num_probes = _as_int("num_probes", num_probes, 1)
+    dim = _as_int("dim", dim, 1)
     try:
         dtype = jnp.dtype(dtype)
     except TypeError:
         raise ValueError(f"dtype={dtype!r} is not a dtype") from None
     if not jnp.issubdtype(dtype, jnp.floating):
         raise ValueError(f"dtype={dtype} must be a real floating dtype (the working dtype)")
-    batch_size = default_batch if batch_size is None else _as_int("batch_size", batch_size)
-    return num_probes, dim, dtype, tuple(params), min(batch_size, num_probes)
+    batch_size = default_batch if batch_size is None else _as_int("batch_size", batch_size, 1)
+    return num_probes, dim, dtype, params, min(batch_size, num_probes)
 
 
 def _map(fn, num: int, batch_size: int):
@@ -124,15 +108,8 @@ def _probe(key, i, dim: int, dtype) -> Array:
 
 def probe_vectors(key, num_probes: int, dim: int, dtype) -> Array:
     """``[N, P]`` the Rademacher probes that :func:`hutchinson_trace` and :func:`slq_density` use for ``key``."""
-    num_probes, dim = _as_int("num_probes", num_probes), _as_int("dim", dim)
+    num_probes, dim = _as_int("num_probes", num_probes, 1), _as_int("dim", dim, 1)
     return jax.vmap(lambda i: _probe(key, i, dim, dtype))(jnp.arange(num_probes, dtype=jnp.uint32))
-
-
-def _apply(matvec, v, params):
-    out = jnp.asarray(matvec(v, *params))
-    if out.shape != v.shape:
-        raise ValueError(f"matvec returned shape {out.shape} for a vector of shape {v.shape}")
-    return out.astype(v.dtype)
 
 
 def _summarise(samples: Array) -> TraceEstimate:
@@ -196,14 +173,13 @@ def slq_density(matvec: Callable, key, num_probes: int, num_iters: int, dim: int
     """
     num_probes, dim, dtype, params, batch_size = _check(matvec, num_probes, dim, dtype, params, batch_size,
                                                         _DEFAULT_SLQ_BATCH)
-    m = _as_int("num_iters", num_iters)
+    m = _as_int("num_iters", num_iters, 1)
     if m > dim:
         raise ValueError(f"num_iters={m} must satisfy 1 <= num_iters <= P (P={dim})")
 
     def quadrature(i):
-        probe_key = jax.random.fold_in(key, i)
-        z = jax.random.rademacher(probe_key, (dim,), dtype)
-        dec = lanczos_tridiag(matvec, z, m, params=params, key=jax.random.fold_in(probe_key, 1),
+        z = _probe(key, i, dim, dtype)
+        dec = lanczos_tridiag(matvec, z, m, params=params, key=jax.random.fold_in(jax.random.fold_in(key, i), 1),
                               precision=precision)
         off = dec.betas[:-1]
         t = jnp.diag(dec.alphas) + jnp.diag(off, 1) + jnp.diag(off, -1)
@@ -220,7 +196,7 @@ def slq_estimate(result: SLQResult, fn: Callable[[Array], Array], dim: int) -> T
     ``fn`` acts elementwise on the nodes (e.g. ``jnp.log`` for a log-determinant, ``lambda t: t**2``).
     For a polynomial of degree ``≤ 2m − 1`` each sample equals ``zᵀ f(A) z`` exactly.
     """
-    samples = _as_int("dim", dim) * jnp.sum(result.weights * fn(result.nodes), axis=-1)
+    samples = _as_int("dim", dim, 1) * jnp.sum(result.weights * fn(result.nodes), axis=-1)
     return _summarise(samples)
 
 
@@ -271,11 +247,7 @@ def bottom_k_eigenpairs(matvec: Callable, v0: Array, k: int, num_iters: int | No
     ``μ_1 ≤ … ≤ μ_k``, ``eigenvectors`` ``[k, P]`` (rows), ``residuals`` in ``A``, ``converged`` as
     above and ``num_matvecs`` including the extra ``k``. Vmaps over ``v0``, ``params`` and ``shift``.
     """
-    if not isinstance(params, (tuple, list)):
-        raise ValueError(f"params must be a tuple of extra arguments to matvec, got {type(params).__name__}")
-    if not callable(matvec):
-        raise ValueError(f"matvec={matvec!r} must be callable as matvec(v, *params) -> A v")
-    params = tuple(params)
+    params = _check_operator(matvec, params)
     v0 = jnp.asarray(v0)
     dtype = v0.dtype if jnp.issubdtype(v0.dtype, jnp.floating) else jnp.float32  # top_k refuses non-floats
     shift = jnp.asarray(shift).astype(dtype)
