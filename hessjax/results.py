@@ -57,6 +57,8 @@ __all__ = [
     "check_writable",
     "collect_versions",
     "discard_run",
+    "bottom_eigenvalues_path",
+    "density_path",
     "eigenvalues_path",
     "eigenvectors_path",
     "finished_lambdas",
@@ -74,6 +76,8 @@ __all__ = [
     "round_lambda",
     "sha256_file",
     "store_path",
+    "write_bottom_eigenvalues_csv",
+    "write_density_csv",
     "write_eigenvalues_csv",
     "write_eigenvectors",
     "write_gradients_csv",
@@ -304,6 +308,14 @@ def eigenvectors_path(out, run_id: str, lam: float, fmt: str = "csv") -> Path:
     return Path(out) / f"Hessian-eigenvectors-{run_id}-{lambda_label(lam)}.{fmt}"
 
 
+def density_path(out, run_id: str, lam: float) -> Path:
+    return Path(out) / f"Hessian-density-{run_id}-{lambda_label(lam)}.csv"
+
+
+def bottom_eigenvalues_path(out, run_id: str, lam: float) -> Path:
+    return Path(out) / f"Hessian-bottom-eigenvalues-{run_id}-{lambda_label(lam)}.csv"
+
+
 def pth_path(out, run_id: str, lam: float) -> Path:
     """Where the caller writes the trained weights of λ (``hessjax.bridges.save_state_dict``)."""
     return Path(out) / f"model_weights-{run_id}-{lambda_label(lam)}.pth"
@@ -422,6 +434,26 @@ def write_eigenvectors(out, run_id: str, lam: float, names, eigenvectors, fmt: s
     names = _check_names(names, n)
     header = "parameter," + ",".join(f"v{j + 1}" for j in range(vectors.shape[0]))
     return _write_table(path, header, names, vectors.T)
+
+
+def write_density_csv(out, run_id: str, lam: float, nodes, weights) -> Path:
+    """``Hessian-density-ID-L2.csv``: header ``probe,node,weight``, one row per SLQ node of each probe.
+
+    ``nodes``/``weights`` ``[probes, m]`` (:class:`hessjax.spectral.SLQResult`), written with
+    ``%.17g`` whatever their dtype.
+    """
+    nodes, weights = np.asarray(nodes), np.asarray(weights)
+    if nodes.ndim != 2 or nodes.shape != weights.shape:
+        raise ValueError(f"nodes {nodes.shape} and weights {weights.shape}: expected the same shape [probes, m]")
+    probe = np.repeat(np.arange(nodes.shape[0]), nodes.shape[1])
+    values = np.stack([nodes.ravel(), weights.ravel()], axis=1).astype(np.float64)
+    return _write_table(density_path(out, run_id, lam), "probe,node,weight", probe, values)
+
+
+def write_bottom_eigenvalues_csv(out, run_id: str, lam: float, eigenvalues, residuals) -> Path:
+    """``Hessian-bottom-eigenvalues-ID-L2.csv``: header ``eigenvalue,residual``, smallest first (as given)."""
+    values = np.stack([np.asarray(eigenvalues), np.asarray(residuals)], axis=1)
+    return _write_table(bottom_eigenvalues_path(out, run_id, lam), "eigenvalue,residual", None, values)
 
 
 # --------------------------------------------------------------------------------------------- records

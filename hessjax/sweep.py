@@ -435,22 +435,13 @@ def _extra_results(ex) -> tuple[dict, dict]:
 
 
 def _write_extra_files(out, run_id, lam, ex) -> None:
-    """``Hessian-density-ID-L2.csv`` (probe, node, weight) and ``Hessian-bottom-eigenvalues-ID-L2.csv``."""
+    """``Hessian-density-ID-L2.csv`` and ``Hessian-bottom-eigenvalues-ID-L2.csv``, where asked for."""
     from . import results
 
-    label = results.lambda_label(lam)
     if ex.slq is not None:
-        nodes, weights = np.asarray(ex.slq.nodes), np.asarray(ex.slq.weights)
-        probe = np.repeat(np.arange(nodes.shape[0]), nodes.shape[1])
-        lines = ["probe,node,weight"] + [f"{p},{n:.17g},{w:.17g}" for p, n, w in
-                                         zip(probe, nodes.ravel(), weights.ravel())]
-        results.atomic_write(Path(out) / f"Hessian-density-{run_id}-{label}.csv",
-                             lambda path: path.write_text("\n".join(lines) + "\n"))
+        results.write_density_csv(out, run_id, lam, ex.slq.nodes, ex.slq.weights)
     if ex.bottom is not None:
-        lines = ["eigenvalue,residual"] + [f"{v:.9g},{r:.9g}" for v, r in
-                                           zip(np.asarray(ex.bottom.eigenvalues), np.asarray(ex.bottom.residuals))]
-        results.atomic_write(Path(out) / f"Hessian-bottom-eigenvalues-{run_id}-{label}.csv",
-                             lambda path: path.write_text("\n".join(lines) + "\n"))
+        results.write_bottom_eigenvalues_csv(out, run_id, lam, ex.bottom.eigenvalues, ex.bottom.residuals)
 
 
 def _write_lambda(config, anchor, anchor_io, run_id, out, store, names, lam, a, s, seconds) -> dict:
