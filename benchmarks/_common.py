@@ -182,25 +182,26 @@ def gemm_rates(n: int = 2048, repeats: int = 7, frameworks=("jax", "torch", "num
 # ------------------------------------------------------------------------------------------ processes
 
 
-def peak_rss_mb() -> float:
-    """Peak RSS of this process in MB since the last :func:`reset_peak_rss` (``VmHWM``), or since start."""
+def _proc_status_mb(field: str) -> float | None:
+    """``field`` (e.g. ``VmRSS``) of ``/proc/self/status`` in MB, or ``None`` where it cannot be read."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024.0
     except OSError:
         pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    return None
+
+
+def peak_rss_mb() -> float:
+    """Peak RSS of this process in MB since the last :func:`reset_peak_rss` (``VmHWM``), or since start."""
+    peak = _proc_status_mb("VmHWM")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def rss_mb() -> float:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return float("nan")
+    rss = _proc_status_mb("VmRSS")
+    return rss if rss is not None else float("nan")
 
 
 def reset_peak_rss() -> bool:
