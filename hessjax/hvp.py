@@ -244,7 +244,7 @@ def linearize_hessian(params: Params, chunks: Chunks, *, precision=DEFAULT_PRECI
     rounding. ``δ_L`` and ``δ̇_L`` are formed without cancellation
     (:func:`hessjax.loss.softmax_minus_onehot`, :func:`hessjax.loss.softmax_jvp`): as written above
     they lose a factor ``1/(1 − p_y)`` of float32 accuracy on confidently classified samples, which
-    put a 1e-5 relative error into ``H v₁`` of the trained model at 60,000 samples (now 3e-7).
+    held the float32 residuals of the trained model's top 30 at ~1e-5·|λ₁| (benchmarks/RESULTS.md).
     The residuals are ``h_l``, ``e_l ⊙ σ''(z_l)``, ``δ_l`` (``l ≥ 2``) and ``p``
     (:class:`LinearizedHessian`); ``σ'(z_l) = h_l(1 − h_l)`` is recomputed, and ``x`` is read from
     ``chunks`` again, never copied. Memory: all residuals of the data set at once, not one chunk.

@@ -42,7 +42,7 @@ def nll_from_logits(logits: jax.Array, y: jax.Array) -> jax.Array:
     The value is ``logsumexp(z) − z_y``. The derivative is ``(p − e_y)ᵀ ż`` with ``p − e_y`` from
     :func:`softmax_minus_onehot`, so gradients, and the Hessian products that differentiate them
     again, keep float32 accuracy on confidently classified samples (the usual ``p_y − 1`` loses a
-    factor ``1/(1 − p_y)``; on the trained MNIST model that put 1e-5 relative error in ``H v₁``).
+    factor ``1/(1 − p_y)``; on the trained MNIST model its ``H v₁`` is 8× further from float64).
     """
     lse = jax.nn.logsumexp(logits, axis=-1)
     return lse - jnp.take_along_axis(logits, y[..., None].astype(jnp.int32), axis=-1)[..., 0]
