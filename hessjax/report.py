@@ -928,11 +928,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _require_matplotlib() -> None:
+    """Refuse before anything is read or written when matplotlib (the ``plot`` extra) is missing."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise UsageError("the report draws with matplotlib, which is not installed: "
+                         "pip install -c constraints.txt -e '.[plot]' (or pip install matplotlib)") from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: exit 0 on success, 2 with one ``error:`` line on bad input."""
     args = build_parser().parse_args(argv)
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     try:
+        _require_matplotlib()
         result = render_report(args.out, args.run_id, source=args.source, outlier_factor=args.outlier_factor,
                                min_overlap=args.min_overlap, formats=formats)
     except UsageError as exc:

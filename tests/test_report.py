@@ -308,3 +308,13 @@ def test_cli_refusals_are_one_error_line(run, tmp_path, capsys):
         assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
     assert report.main([str(two), "--id", "default", "--formats", "png", "--quiet"]) == 0
     assert capsys.readouterr().out == "" and (two / "report-default" / "summary.md").is_file()
+
+
+def test_missing_matplotlib_is_one_error_line_and_writes_nothing(run, tmp_path, capsys, monkeypatch):
+    """``pip install -e .`` alone does not bring matplotlib (the ``plot`` extra)."""
+    copy = _copy(run, tmp_path / "copy", store=False)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
+    assert report.main([str(copy)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "[plot]" in err, err
+    assert not (copy / "report-default").exists()
