@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.flatten_util import ravel_pytree
 
-from .loss import _cast_lam, anchor_penalty, cross_entropy_sum, softmax_jvp, softmax_minus_onehot
+from .loss import cast_lam, anchor_penalty, cross_entropy_sum, softmax_jvp, softmax_minus_onehot
 from .model import DEFAULT_PRECISION, Params, apply_mlp
 
 DEFAULT_CHUNK_SIZE = 10_000
@@ -76,7 +76,7 @@ def dataset_loss(params: Params, anchor: Params, lam, chunks: Chunks, *, precisi
     dtype = jax.tree_util.tree_leaves(params)[0].dtype
     total = _sum_over_chunks(lambda x, y: cross_entropy_sum(params, x, y, precision=precision),
                              chunks, jnp.zeros((), dtype))
-    return total / _num_samples(chunks) + _cast_lam(lam, params) * anchor_penalty(params, anchor)
+    return total / _num_samples(chunks) + cast_lam(lam, params) * anchor_penalty(params, anchor)
 
 
 def dataset_cross_entropy(params: Params, chunks: Chunks, *, precision=DEFAULT_PRECISION):
@@ -93,7 +93,7 @@ def dataset_grad(params: Params, anchor: Params, lam, chunks: Chunks, *, precisi
     g = _sum_over_chunks(
         lambda x, y: jax.grad(cross_entropy_sum)(params, x, y, precision=precision), chunks, zeros)
     n = _num_samples(chunks)
-    lam = _cast_lam(lam, params)
+    lam = cast_lam(lam, params)
     return jax.tree_util.tree_map(lambda gi, p, a: gi / n + 2 * lam * (p - a), g, params, anchor)
 
 
@@ -108,7 +108,7 @@ def dataset_hvp(params: Params, anchor: Params, lam, v: Params, chunks: Chunks, 
     hv = _sum_over_chunks(
         lambda x, y: hvp(lambda p: cross_entropy_sum(p, x, y, precision=precision), params, v), chunks, zeros)
     n = _num_samples(chunks)
-    lam = _cast_lam(lam, params)
+    lam = cast_lam(lam, params)
     return jax.tree_util.tree_map(lambda h, vi: h / n + 2 * lam * vi, hv, v)
 
 
@@ -269,7 +269,7 @@ def linearized_dataset_hvp(lin: LinearizedHessian, lam, v: Params, chunks: Chunk
     if chunks.y_rest.shape[0]:
         hv = jax.tree_util.tree_map(jnp.add, hv, _chunk_rop(params, lin.rest, chunks.x_rest, v, precision))
     n = _num_samples(chunks)
-    lam = _cast_lam(lam, params)
+    lam = cast_lam(lam, params)
     return jax.tree_util.tree_map(lambda h, vi: h / n + 2 * lam * vi, hv, v)
 
 

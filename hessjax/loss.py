@@ -74,7 +74,7 @@ def anchor_penalty(params: Params, anchor: Params) -> jax.Array:
     return sum(jax.tree_util.tree_leaves(sq))
 
 
-def _cast_lam(lam, params: Params) -> jax.Array:
+def cast_lam(lam, params: Params) -> jax.Array:
     """λ in the model's dtype, so a float64 λ never promotes a float32 model."""
     return jnp.asarray(lam).astype(jax.tree_util.tree_leaves(params)[0].dtype)
 
@@ -82,4 +82,4 @@ def _cast_lam(lam, params: Params) -> jax.Array:
 def effective_loss(params: Params, anchor: Params, lam, x: jax.Array, y: jax.Array, *,
                    precision=DEFAULT_PRECISION) -> jax.Array:
     """``mean CE(f(x; θ), y) + λ ‖θ − θ_ref‖²`` for one batch ``x`` ``[N, in]``, ``y`` ``[N]``."""
-    return cross_entropy(params, x, y, precision=precision) + _cast_lam(lam, params) * anchor_penalty(params, anchor)
+    return cross_entropy(params, x, y, precision=precision) + cast_lam(lam, params) * anchor_penalty(params, anchor)
