@@ -28,16 +28,19 @@ second Gram–Schmidt pass removed more than half of the vector (what was left w
 Krylov space is numerically invariant: the next row is a fresh random vector orthogonalised against
 the basis and the coupling is set to ``0``, so ``T`` stays exact.
 
-**Ritz pairs, early exit and thick restart.** ``T_n = S Θ Sᵀ`` (``jnp.linalg.eigh``; the unused
-rows of the fixed-size ``T_m`` are decoupled below the spectrum); Ritz vectors ``Y = Sᵀ Q`` are
-one matmul; the residual of pair ``i`` is ``‖A y_i − θ_i y_i‖ = ‖B s_i‖`` (for ``b = 1`` the
-familiar ``|β s_{n,i}|``). A pass checks this every ``_CHECK_EVERY`` columns once it holds
-``k_keep = k + (m − k)//2`` of them and stops as soon as the top ``k`` satisfy
-``‖B s_i‖ ≤ tol·|θ_1|`` (on the real Hessian at ``k = 30`` that is after ~76 of ``m = 120``
-columns); otherwise it runs to ``m``. Until convergence the iteration keeps the top ``k_keep`` Ritz
-vectors (and their products ``A Y = Sᵀ (A Q)``), puts the residual block after them (their arrow
-coupling ``B S`` goes into ``T``) and extends the basis again. No coupling is ever dropped, so
-these estimates are exact up to rounding.
+**Ritz pairs, early exit, certificate and thick restart.** ``T_n = S Θ Sᵀ`` (``jnp.linalg.eigh``;
+the unused rows of the fixed-size ``T_m`` are decoupled below the spectrum); Ritz vectors
+``Y = Sᵀ Q`` are one matmul; the recurrence's estimate of the residual of pair ``i`` is ``‖B s_i‖``
+(for ``b = 1`` the familiar ``|β s_{n,i}|``). A pass checks the estimates every ``_CHECK_EVERY``
+columns once it holds ``k_keep = k + (m − k)//2`` of them and ends as soon as the top ``k`` satisfy
+``‖B s_i‖ ≤ tol·s`` (on the real Hessian at ``k = 30`` that is after ~76 of ``m = 120`` columns);
+otherwise it runs to ``m``. The pass is then *certified*: the top ``k`` Ritz vectors and their
+products ``A y_i = Sᵀ (A Q)`` (the operator's own stored outputs, no new matvec) give the true
+residuals ``‖A y_i − θ_i y_i‖``, and only these decide convergence — the estimate merely ends a
+pass, so a pass whose estimate was too optimistic (lost orthogonality, rounding) is followed by
+another instead of returning unconverged pairs. Until convergence the iteration keeps the top
+``k_keep`` Ritz vectors (and their products ``A Y``), puts the residual block after them (their
+arrow coupling ``B S`` goes into ``T``) and extends the basis again. No coupling is ever dropped.
 
 **Multiplicities.** A single-vector Krylov space holds one vector per eigenspace, so a second copy
 of a degenerate eigenvalue is not found from ``v0`` in exact arithmetic (rounding may reveal it,
@@ -54,14 +57,20 @@ short Krylov space of the random vector lifts its Ritz value above ``θ_k``: rel
 that stands clear of the rest of the spectrum (the tests hide such copies from ``v0`` exactly),
 not for one inside a dense cluster.
 
-**Convergence scale.** ``tol`` is relative to ``|θ_1|``, the largest algebraic Ritz value; an
-operator whose top eigenvalue is ``0`` but not the whole spectrum can therefore only stop at
-``max_restarts``.
+**Convergence scale.** A pair has converged when ``‖A v − θ v‖ ≤ tol·s`` with
+``s = max(|θ_1|, |θ_min|)``, the spectral norm of the projected matrix (``θ_min`` its lowest Ritz
+value). For a positive semi-definite operator (a data-loss Hessian near a minimum, up to small
+negative eigenvalues) that is ``|θ_1|``; where ``θ_1`` is tiny next to negative eigenvalues it is
+floored at the operator's own scale, so a tolerance is always reachable in floating point.
+Relative to ``|θ_1|`` the test is invariant to scaling ``A`` but *not* to shifting it: a known
+shift such as the penalty's ``2λI`` belongs outside the solve (solve ``A``, add the shift after),
+or it loosens the test on the small eigenvalues by ``|θ_1 + shift| / |θ_1|``.
 
 **Result.** The top ``k`` Ritz vectors are normalised and signed so each one's largest-magnitude
 entry is positive. Their residuals ``‖A v − θ v‖`` are computed from the stored products
 (``A v = Sᵀ (A Q)`` by linearity: the operator's own outputs, not the recurrence), so they cost no
-matvec and do catch a loss of orthogonality or a corrupted recurrence. Everything (the restart
+matvec and do catch a loss of orthogonality or a corrupted recurrence; ``converged`` is the same
+test that ended the iteration. Everything (the restart
 loop, each Lanczos pass, the breakdown, exit and locking logic) runs inside ``lax.while_loop``
 over preallocated arrays ``[m + b_max, P]``; there is no host round trip. Under ``vmap`` the
 conditionals (early-exit checks, second passes) are evaluated for every member, which costs time
@@ -71,12 +80,13 @@ but not correctness.
 from __future__ import annotations
 
 import math
-import operator
 from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from .operators import apply_operator, as_int, check_operator
 
 Array = jax.Array
 
@@ -114,9 +124,10 @@ class EigResult(NamedTuple):
     eigenvalues: Array  # [k] Ritz values θ_1 ≥ … ≥ θ_k, working dtype
     eigenvectors: Array  # [k, P] unit rows; each row's largest-|entry| is positive
     residuals: Array  # [k] true ‖A v_i − θ_i v_i‖, A v_i from the operator's stored products
-    converged: Array  # [k] bool, residuals ≤ tol·|eigenvalues[0]|
+    converged: Array  # [k] bool, residuals ≤ tol·scale
     num_matvecs: Array  # [] int32, operator applications
     num_restarts: Array  # [] int32, restarts after the first pass (locking passes included)
+    scale: Array  # [] the convergence scale max(|θ_1|, |θ_min|) of the basis (θ_min its lowest Ritz value)
 
 
 class _State(NamedTuple):
@@ -147,30 +158,8 @@ def default_num_iters(k: int, dim: int) -> int:
 # validation (before tracing)
 
 
-def _as_int(name: str, value, lo: int | None = None) -> int:
-    """``value`` as a static Python int (``≥ lo`` when given), or a ``ValueError`` naming ``name``."""
-    if isinstance(value, bool):
-        raise ValueError(f"{name}={value!r} must be a Python int, not a bool")
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise ValueError(f"{name}={value!r} must be a Python int (a static value, not an array)") from None
-    if lo is not None and value < lo:
-        raise ValueError(f"{name}={value} must be >= {lo}")
-    return value
-
-
-def _check_operator(matvec, params) -> tuple:
-    """``params`` as a tuple, after checking that ``matvec`` is callable and ``params`` a sequence."""
-    if not callable(matvec):
-        raise ValueError(f"matvec={matvec!r} must be callable as matvec(v, *params) -> A v")
-    if not isinstance(params, (tuple, list)):
-        raise ValueError(f"params must be a tuple of extra arguments to matvec, got {type(params).__name__}")
-    return tuple(params)
-
-
 def _check_common(matvec, v0, params, key):
-    params = _check_operator(matvec, params)
+    params = check_operator(matvec, params)
     v0 = jnp.asarray(v0)
     if v0.ndim != 1 or v0.shape[0] < 1:
         raise ValueError(f"v0 must be a non-empty flat vector [P], got shape {v0.shape}")
@@ -184,7 +173,7 @@ def _check_common(matvec, v0, params, key):
 def _check_num_iters(num_iters, k: int, dim: int) -> int:
     if num_iters is None:
         return default_num_iters(k, dim)
-    m = _as_int("num_iters", num_iters)
+    m = as_int("num_iters", num_iters)
     if not k < m <= dim:
         raise ValueError(f"num_iters={m} must satisfy k < num_iters <= P (k={k}, P={dim})")
     return m
@@ -192,14 +181,6 @@ def _check_num_iters(num_iters, k: int, dim: int) -> int:
 
 # ----------------------------------------------------------------------------------------------
 # building blocks (traced)
-
-
-def _apply(matvec: Callable, v: Array, params: tuple) -> Array:
-    """``A v`` in the dtype of ``v``; the output shape is checked at trace time."""
-    out = jnp.asarray(matvec(v, *params))
-    if out.shape != v.shape:
-        raise ValueError(f"matvec returned shape {out.shape} for a vector of shape {v.shape}")
-    return out.astype(v.dtype)
 
 
 def _orthogonalize(w: Array, basis: Array, mask: Array, precision):
@@ -295,7 +276,7 @@ def _extend(matvec, params, basis, products, proj, j0, block, anorm, counter, ke
 
     def step(carry):
         j, basis, products, proj, betas, anorm, counter, _ = carry
-        w0 = _apply(matvec, basis[j], params)
+        w0 = apply_operator(matvec, basis[j], params)
         mask = (rows < j + block).astype(dtype)  # the filled rows
         w, h, ok = _step_orthogonalize(w0, basis, j, block, mask, precision)
         beta = jnp.linalg.norm(w)
@@ -369,7 +350,7 @@ def lanczos_tridiag(matvec: Callable, v0: Array, num_iters: int, *, params=(), k
     """
     v0, params, key = _check_common(matvec, v0, params, key)
     dim = v0.shape[0]
-    m = _as_int("num_iters", num_iters)
+    m = as_int("num_iters", num_iters)
     if not 1 <= m <= dim:
         raise ValueError(f"num_iters={m} must satisfy 1 <= num_iters <= P (P={dim})")
     dtype = v0.dtype
@@ -393,7 +374,9 @@ def top_k_eigenpairs(matvec: Callable, v0: Array, k: int, num_iters: int | None 
       num_iters: Krylov basis size ``m``, ``k < m ≤ P`` (static); default
         :func:`default_num_iters` (``min(P, max(2k + 20, 4k))``).
       params: tuple of operator parameters passed to ``matvec`` as traced arguments.
-      tol: converged when ``‖A v_i − θ_i v_i‖ ≤ tol·|θ_1|`` for every ``i ≤ k``.
+      tol: converged when ``‖A v_i − θ_i v_i‖ ≤ tol·s`` for every ``i ≤ k``, with the scale
+        ``s = max(|θ_1|, |θ_min|)`` (``θ_min`` the lowest Ritz value of the basis: ``|θ_1|`` for a
+        positive semi-definite ``A``, the operator's norm where negative eigenvalues dominate).
       max_restarts: restarts allowed after the first pass (static), locking passes included.
       key: PRNG key for the random vectors of invariant-subspace and locking restarts; default a
         fixed key, so results are reproducible for given ``key`` and ``v0``.
@@ -404,7 +387,8 @@ def top_k_eigenpairs(matvec: Callable, v0: Array, k: int, num_iters: int | None 
 
     Returns:
       :class:`EigResult`. Its ``residuals`` are true residuals ``‖A v − θ v‖`` of the returned
-      pairs, from the stored products of the operator; ``num_matvecs`` counts every product.
+      pairs, from the stored products of the operator; ``converged`` is ``residuals ≤ tol·scale``,
+      the same test that ends the iteration; ``num_matvecs`` counts every product.
 
     The algorithm (thick restart, exact arrow coupling, invariant subspaces, locking passes that
     detect missed copies of degenerate eigenvalues) is described in the module docstring. Works
@@ -413,121 +397,183 @@ def top_k_eigenpairs(matvec: Callable, v0: Array, k: int, num_iters: int | None 
     """
     v0, params, key = _check_common(matvec, v0, params, key)
     dim = v0.shape[0]
-    k = _as_int("k", k)
+    k = as_int("k", k)
     if not 1 <= k < dim:
         raise ValueError(f"k={k} must satisfy 1 <= k < P (P={dim}); use numpy.linalg.eigh for the full spectrum")
     m = _check_num_iters(num_iters, k, dim)
-    max_restarts = _as_int("max_restarts", max_restarts)
+    max_restarts = as_int("max_restarts", max_restarts)
     if max_restarts < 0:
         raise ValueError(f"max_restarts={max_restarts} must be >= 0")
     if isinstance(tol, (int, float)) and not (math.isfinite(tol) and tol >= 0):
         raise ValueError(f"tol={tol!r} must be a finite number >= 0")
-    return _top_k(matvec, v0, params, key, tol, k, m, max_restarts, precision, bool(multiplicity_check))
+    sizes = _Sizes.of(k, m, dim, bool(multiplicity_check))
+    solver = _Solver(matvec, params, sizes, jnp.asarray(tol, v0.dtype), max_restarts, precision, key)
+    st = lax.while_loop(lambda st: ~st.done, solver.iterate, solver.initial_state(v0))
+    return solver.result(st)
 
 
-def _top_k(matvec, v0, params, key, tol, k, m, max_restarts, precision, multiplicity_check=True) -> EigResult:
-    dtype, dim = v0.dtype, v0.shape[0]
-    eps = jnp.finfo(dtype).eps
-    tol = jnp.asarray(tol, dtype)
-    # rows m … m+b_max-1 hold the residual block; they must fit in R^P to be orthonormal
-    b_max = max(1, min(1 + min(k, _MAX_LOCKING_PASSES), dim - m))
-    allow_lock = b_max >= 2 and multiplicity_check
-    n_rows = m + b_max
-    k_keep = k + (m - k) // 2
-    key_start, key_invariant, key_lock = (jax.random.fold_in(key, i) for i in range(3))
-    mm = lambda a, b: jnp.matmul(a, b, precision=precision)  # noqa: E731
+class _Sizes(NamedTuple):
+    """The static shape of a solve."""
 
-    def pad(s):  # [m, c] -> [n_rows, c], zero rows for the residual block
-        return jnp.zeros((n_rows, s.shape[1]), dtype).at[:m].set(s)
+    k: int  # pairs wanted
+    m: int  # Krylov basis size
+    b_max: int  # most rows of the residual block (1 + locking passes)
+    n_rows: int  # m + b_max: rows of the basis and product arrays
+    k_keep: int  # Ritz vectors kept by a thick restart, k + (m − k)//2
+    allow_lock: bool  # locking passes are made
 
-    def estimates(proj, n, block, s):  # ‖B s_i‖ of the top k: exact residuals up to rounding
-        return jnp.linalg.norm(mm(_coupling(proj, m, n, b_max, block), s[:, :k]), axis=0)
+    @classmethod
+    def of(cls, k: int, m: int, dim: int, multiplicity_check: bool) -> "_Sizes":
+        # rows m … m+b_max-1 hold the residual block; they must fit in R^P to be orthonormal
+        b_max = max(1, min(1 + min(k, _MAX_LOCKING_PASSES), dim - m))
+        return cls(k, m, b_max, m + b_max, k + (m - k) // 2, b_max >= 2 and multiplicity_check)
 
-    def restart(st: _State, keep):
+
+class _Certificate(NamedTuple):
+    """The top ``k`` Ritz pairs of a basis, with what decides convergence."""
+
+    theta: Array  # [k] Ritz values, descending
+    vectors: Array  # [k, P] unit Ritz vectors, largest-|entry| positive
+    residuals: Array  # [k] ‖A v − θ v‖, A v from the stored products
+    scale: Array  # [] max(|θ_1|, |θ_min|): the convergence scale
+    converged: Array  # [k] bool, residuals ≤ tol·scale
+
+
+def _convergence_scale(theta: Array, n) -> Array:
+    """``max(|θ_1|, |θ_min|)`` over the first ``n`` Ritz values (descending): the spectral norm of
+    ``T_n``, a lower bound of ``‖A‖`` that is ``|θ_1|`` whenever no negative Ritz value is larger."""
+    low = theta[jnp.maximum(n - 1, 0)]
+    return jnp.maximum(jnp.abs(theta[0]), jnp.abs(low))
+
+
+class _Solver:
+    """The steps of :func:`top_k_eigenpairs`: each a traced function of the loop state ``_State``.
+
+    One iteration of the outer ``while_loop`` is: begin a pass (the first start, a thick restart,
+    or a locking restart), extend the basis column by column until the early-exit estimate says the
+    top ``k`` may have converged (or to ``m``), certify the top ``k`` with their true residuals from
+    the stored products, and decide what to do next. The certificate alone decides convergence, so
+    the early exit and the returned ``converged`` flags are the same test.
+    """
+
+    def __init__(self, matvec, params, sizes: _Sizes, tol, max_restarts: int, precision, key):
+        self.matvec, self.params, self.sz, self.tol = matvec, params, sizes, tol
+        self.max_restarts, self.precision = max_restarts, precision
+        self.key_start, self.key_invariant, self.key_lock = (jax.random.fold_in(key, i) for i in range(3))
+
+    def mm(self, a, b):
+        return jnp.matmul(a, b, precision=self.precision)
+
+    def pad(self, s):  # [m, c] -> [n_rows, c], zero rows for the residual block
+        return jnp.zeros((self.sz.n_rows, s.shape[1]), s.dtype).at[:self.sz.m].set(s)
+
+    def initial_state(self, v0) -> _State:
+        sz, dtype = self.sz, v0.dtype
+        basis0 = jnp.zeros((sz.n_rows, v0.shape[0]), dtype).at[0].set(_start_vector(v0, self.key_start))
+        return _State(
+            basis=basis0, products=jnp.zeros_like(basis0), proj=jnp.zeros((sz.n_rows, sz.n_rows), dtype),
+            theta=jnp.zeros((sz.m,), dtype), ritz=jnp.zeros((sz.m, sz.m), dtype), ref=jnp.zeros((sz.k,), dtype),
+            anorm=jnp.zeros((), dtype), block=jnp.int32(1), filled=jnp.int32(0), action=jnp.int32(_START),
+            verified=jnp.bool_(False), num_matvecs=jnp.int32(0), num_restarts=jnp.int32(0), done=jnp.bool_(False))
+
+    # -- beginning a pass ---------------------------------------------------------------------
+
+    def restart(self, st: _State, keep):
         """Keep the top ``keep ≤ k_keep`` (traced) Ritz vectors and their products, then the residual
         block with its arrow coupling ``B S``."""
-        cols = (jnp.arange(k_keep) < keep).astype(dtype)
-        s = st.ritz[:, :k_keep] * cols
-        y = mm(pad(s).T, st.basis)  # [k_keep, P], rows ≥ keep zero
-        ay = mm(pad(s).T, st.products)  # A y, by linearity from the stored products
-        res = lax.dynamic_slice(st.basis, (st.filled, jnp.int32(0)), (b_max, dim))  # [b_max, P]
-        basis = lax.dynamic_update_slice(st.basis.at[:k_keep].set(y), res, (keep, jnp.int32(0)))
-        products = st.products.at[:k_keep].set(ay)
-        coupling = mm(_coupling(st.proj, m, st.filled, b_max, st.block), s)  # [b_max, k_keep]
-        proj = jnp.zeros((n_rows, n_rows), dtype)
-        proj = proj.at[jnp.arange(k_keep), jnp.arange(k_keep)].set(st.theta[:k_keep] * cols)
+        sz, dim, dtype = self.sz, st.basis.shape[1], st.basis.dtype
+        cols = (jnp.arange(sz.k_keep) < keep).astype(dtype)
+        s = st.ritz[:, :sz.k_keep] * cols
+        y = self.mm(self.pad(s).T, st.basis)  # [k_keep, P], rows ≥ keep zero
+        ay = self.mm(self.pad(s).T, st.products)  # A y, by linearity from the stored products
+        res = lax.dynamic_slice(st.basis, (st.filled, jnp.int32(0)), (sz.b_max, dim))  # [b_max, P]
+        basis = lax.dynamic_update_slice(st.basis.at[:sz.k_keep].set(y), res, (keep, jnp.int32(0)))
+        products = st.products.at[:sz.k_keep].set(ay)
+        coupling = self.mm(_coupling(st.proj, sz.m, st.filled, sz.b_max, st.block), s)  # [b_max, k_keep]
+        proj = jnp.zeros((sz.n_rows, sz.n_rows), dtype)
+        proj = proj.at[jnp.arange(sz.k_keep), jnp.arange(sz.k_keep)].set(st.theta[:sz.k_keep] * cols)
         proj = lax.dynamic_update_slice(proj, coupling, (keep, jnp.int32(0)))
         proj = lax.dynamic_update_slice(proj, coupling.T, (jnp.int32(0), keep))
         return basis, products, proj
 
-    def do_start(st):
+    def begin_start(self, st):
         return st.basis, st.products, jnp.zeros_like(st.proj), jnp.int32(0), st.block, st.ref
 
-    def do_thick(st):
-        basis, products, proj = restart(st, jnp.int32(k_keep))
-        return basis, products, proj, jnp.int32(k_keep), st.block, st.ref
+    def begin_thick(self, st):
+        basis, products, proj = self.restart(st, jnp.int32(self.sz.k_keep))
+        return basis, products, proj, jnp.int32(self.sz.k_keep), st.block, st.ref
 
-    def do_lock(st):
-        # max((m − k)/4, _LOCK_STEPS) columns per start row (block + 1 of them), within m − k in all
+    def begin_lock(self, st):
+        """Keep the converged vectors, the residual block and one fresh random vector (block + 1);
+        ``max((m − k)/4, _LOCK_STEPS)`` columns per start row, within ``m − k`` in all."""
+        sz = self.sz
         block = st.block + 1
-        keep = jnp.clip(m - block * max((m - k) // 4, _LOCK_STEPS), k, k_keep).astype(jnp.int32)
-        basis, products, proj = restart(st, keep)
-        filled = (jnp.arange(n_rows) < keep + st.block).astype(dtype)
-        fresh = _random_orthogonal(jax.random.fold_in(key_lock, st.block), basis, filled, precision)
+        keep = jnp.clip(sz.m - block * max((sz.m - sz.k) // 4, _LOCK_STEPS), sz.k, sz.k_keep).astype(jnp.int32)
+        basis, products, proj = self.restart(st, keep)
+        filled = (jnp.arange(sz.n_rows) < keep + st.block).astype(basis.dtype)
+        fresh = _random_orthogonal(jax.random.fold_in(self.key_lock, st.block), basis, filled, self.precision)
         basis = lax.dynamic_update_slice(basis, fresh[None], (keep + st.block, jnp.int32(0)))
-        return basis, products, proj, keep, block, st.theta[:k]
+        return basis, products, proj, keep, block, st.theta[:sz.k]
 
-    def body(st: _State) -> _State:
-        basis, products, proj, j0, block, ref = lax.switch(st.action, [do_start, do_thick, do_lock], st)
+    # -- one pass ---------------------------------------------------------------------------------
+
+    def estimates(self, proj, n, block, s):
+        """``‖B s_i‖`` of the top k: the recurrence's residual estimates (exact up to rounding)."""
+        b = _coupling(proj, self.sz.m, n, self.sz.b_max, block)
+        return jnp.linalg.norm(self.mm(b, s[:, :self.sz.k]), axis=0)
+
+    def run_pass(self, st, basis, products, proj, j0, block, is_lock):
+        """Extend the basis from column ``j0``; a pass that is not a locking pass ends as soon as the
+        estimates of the top k meet the tolerance (checked from ``k_keep`` columns on)."""
+        sz, tol = self.sz, self.tol
+
+        def stop(proj, n):
+            theta, s = _ritz(proj, sz.m, n)
+            return jnp.all(self.estimates(proj, n, block, s) <= tol * _convergence_scale(theta, n))
+
+        return _extend(self.matvec, self.params, basis, products, proj, j0, block, st.anorm, st.num_matvecs,
+                       self.key_invariant, self.precision, sz.m, stop=stop,
+                       min_fill=jnp.where(is_lock, sz.m, sz.k_keep))
+
+    # -- certificate and decision -------------------------------------------------------------------
+
+    def certify(self, basis, products, theta, ritz, filled) -> _Certificate:
+        """The top k Ritz pairs with their true residuals ``‖A v − θ v‖``: ``A v = Sᵀ (A Q)`` by
+        linearity from the operator's own stored outputs, so no matvec is spent."""
+        k = self.sz.k
+        s = self.pad(ritz[:, :k])
+        vecs = self.mm(s.T, basis)  # [k, P], one matmul
+        applied = self.mm(s.T, products)
+        norms = jnp.linalg.norm(vecs, axis=1, keepdims=True)
+        peak = jnp.take_along_axis(vecs, jnp.argmax(jnp.abs(vecs), axis=1)[:, None], axis=1)
+        sign = jnp.where(peak < 0, -1, 1).astype(vecs.dtype) / jnp.where(norms > 0, norms, 1)
+        vecs, applied = vecs * sign, applied * sign
+        residuals = jnp.linalg.norm(applied - theta[:k, None] * vecs, axis=1)
+        scale = _convergence_scale(theta, filled)
+        return _Certificate(theta[:k], vecs, residuals, scale, residuals <= self.tol * scale)
+
+    def iterate(self, st: _State) -> _State:
+        sz = self.sz
+        basis, products, proj, j0, block, ref = lax.switch(
+            st.action, [self.begin_start, self.begin_thick, self.begin_lock], st)
         is_lock = st.action == _LOCK
-
-        def stop(proj, n):  # a pass ends early once the top k have converged (a locking pass runs to m)
-            theta, s = _ritz(proj, m, n)
-            return jnp.all(estimates(proj, n, block, s) <= tol * jnp.abs(theta[0]))
-
-        basis, products, proj, _, anorm, num_matvecs, filled = _extend(
-            matvec, params, basis, products, proj, j0, block, st.anorm, st.num_matvecs, key_invariant, precision,
-            m, stop=stop, min_fill=jnp.where(is_lock, m, k_keep))
-        theta, s = _ritz(proj, m, filled)
-        scale = jnp.abs(theta[0])
-        conv = jnp.all(estimates(proj, filled, block, s) <= tol * scale)
-        rise = jnp.max(theta[:k] - ref)
-        found_new = is_lock & (rise > tol * scale + 100 * eps * jnp.max(jnp.abs(theta[:k])))
+        basis, products, proj, _, anorm, num_matvecs, filled = self.run_pass(
+            st, basis, products, proj, j0, block, is_lock)
+        theta, s = _ritz(proj, sz.m, filled)
+        cert = self.certify(basis, products, theta, s, filled)
+        conv = jnp.all(cert.converged)
+        eps = jnp.finfo(basis.dtype).eps
+        rise = jnp.max(theta[:sz.k] - ref)
+        found_new = is_lock & (rise > self.tol * cert.scale + 100 * eps * jnp.max(jnp.abs(theta[:sz.k])))
         verified = jnp.where(is_lock, ~found_new, st.verified)
-        can_lock = allow_lock & (block < b_max)
+        can_lock = sz.allow_lock & (block < sz.b_max)
         num_restarts = st.num_restarts + (st.action != _START).astype(jnp.int32)
-        done = (conv & (verified | ~can_lock)) | (num_restarts >= max_restarts)
+        done = (conv & (verified | ~can_lock)) | (num_restarts >= self.max_restarts)
         action = jnp.where(conv & can_lock & ~verified, _LOCK, _THICK).astype(jnp.int32)
         return _State(basis, products, proj, theta, s, ref, anorm, block, filled, action, verified, num_matvecs,
                       num_restarts, done)
 
-    basis0 = jnp.zeros((n_rows, dim), dtype).at[0].set(_start_vector(v0, key_start))
-    init = _State(
-        basis=basis0,
-        products=jnp.zeros((n_rows, dim), dtype),
-        proj=jnp.zeros((n_rows, n_rows), dtype),
-        theta=jnp.zeros((m,), dtype),
-        ritz=jnp.zeros((m, m), dtype),
-        ref=jnp.zeros((k,), dtype),
-        anorm=jnp.zeros((), dtype),
-        block=jnp.int32(1),
-        filled=jnp.int32(0),
-        action=jnp.int32(_START),
-        verified=jnp.bool_(False),
-        num_matvecs=jnp.int32(0),
-        num_restarts=jnp.int32(0),
-        done=jnp.bool_(False),
-    )
-    st = lax.while_loop(lambda st: ~st.done, body, init)
-
-    theta = st.theta[:k]
-    s = pad(st.ritz[:, :k])
-    vecs = mm(s.T, st.basis)  # [k, P], one matmul
-    applied = mm(s.T, st.products)  # A v, from the stored products
-    norms = jnp.linalg.norm(vecs, axis=1, keepdims=True)
-    peak = jnp.take_along_axis(vecs, jnp.argmax(jnp.abs(vecs), axis=1)[:, None], axis=1)
-    sign = jnp.where(peak < 0, -1, 1).astype(dtype) / norms
-    vecs, applied = vecs * sign, applied * sign
-    residuals = jnp.linalg.norm(applied - theta[:, None] * vecs, axis=1)
-    converged = residuals <= tol * jnp.abs(theta[0])
-    return EigResult(theta, vecs, residuals, converged, st.num_matvecs, st.num_restarts)
+    def result(self, st: _State) -> EigResult:
+        cert = self.certify(st.basis, st.products, st.theta, st.ritz, st.filled)
+        return EigResult(cert.theta, cert.vectors, cert.residuals, cert.converged, st.num_matvecs,
+                         st.num_restarts, cert.scale)

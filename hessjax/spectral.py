@@ -45,7 +45,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from .lanczos import EigResult, _apply, _as_int, _check_operator, lanczos_tridiag, top_k_eigenpairs
+from .lanczos import EigResult, lanczos_tridiag, top_k_eigenpairs
+from .operators import apply_operator, as_int, check_operator
 
 Array = jax.Array
 
@@ -84,16 +85,16 @@ class SLQResult(NamedTuple):
 
 
 def _check(matvec, num_probes, dim, dtype, params, batch_size, default_batch):
-    params = _check_operator(matvec, params)
-    num_probes = _as_int("num_probes", num_probes, 1)
-    dim = _as_int("dim", dim, 1)
+    params = check_operator(matvec, params)
+    num_probes = as_int("num_probes", num_probes, 1)
+    dim = as_int("dim", dim, 1)
     try:
         dtype = jnp.dtype(dtype)
     except TypeError:
         raise ValueError(f"dtype={dtype!r} is not a dtype") from None
     if not jnp.issubdtype(dtype, jnp.floating):
         raise ValueError(f"dtype={dtype} must be a real floating dtype (the working dtype)")
-    batch_size = default_batch if batch_size is None else _as_int("batch_size", batch_size, 1)
+    batch_size = default_batch if batch_size is None else as_int("batch_size", batch_size, 1)
     return num_probes, dim, dtype, params, min(batch_size, num_probes)
 
 
@@ -108,7 +109,7 @@ def _probe(key, i, dim: int, dtype) -> Array:
 
 def probe_vectors(key, num_probes: int, dim: int, dtype) -> Array:
     """``[N, P]`` the Rademacher probes that :func:`hutchinson_trace` and :func:`slq_density` use for ``key``."""
-    num_probes, dim = _as_int("num_probes", num_probes, 1), _as_int("dim", dim, 1)
+    num_probes, dim = as_int("num_probes", num_probes, 1), as_int("dim", dim, 1)
     return jax.vmap(lambda i: _probe(key, i, dim, dtype))(jnp.arange(num_probes, dtype=jnp.uint32))
 
 
@@ -145,7 +146,7 @@ def hutchinson_trace(matvec: Callable, key, num_probes: int, dim: int, dtype, *,
 
     def sample(i):
         z = _probe(key, i, dim, dtype)
-        return jnp.dot(z, _apply(matvec, z, params), precision=precision)
+        return jnp.dot(z, apply_operator(matvec, z, params), precision=precision)
 
     return _summarise(_map(sample, num_probes, batch_size))
 
@@ -173,7 +174,7 @@ def slq_density(matvec: Callable, key, num_probes: int, num_iters: int, dim: int
     """
     num_probes, dim, dtype, params, batch_size = _check(matvec, num_probes, dim, dtype, params, batch_size,
                                                         _DEFAULT_SLQ_BATCH)
-    m = _as_int("num_iters", num_iters, 1)
+    m = as_int("num_iters", num_iters, 1)
     if m > dim:
         raise ValueError(f"num_iters={m} must satisfy 1 <= num_iters <= P (P={dim})")
 
@@ -196,7 +197,7 @@ def slq_estimate(result: SLQResult, fn: Callable[[Array], Array], dim: int) -> T
     ``fn`` acts elementwise on the nodes (e.g. ``jnp.log`` for a log-determinant, ``lambda t: t**2``).
     For a polynomial of degree ``≤ 2m − 1`` each sample equals ``zᵀ f(A) z`` exactly.
     """
-    samples = _as_int("dim", dim, 1) * jnp.sum(result.weights * fn(result.nodes), axis=-1)
+    samples = as_int("dim", dim, 1) * jnp.sum(result.weights * fn(result.nodes), axis=-1)
     return _summarise(samples)
 
 
@@ -247,23 +248,23 @@ def bottom_k_eigenpairs(matvec: Callable, v0: Array, k: int, num_iters: int | No
     ``μ_1 ≤ … ≤ μ_k``, ``eigenvectors`` ``[k, P]`` (rows), ``residuals`` in ``A``, ``converged`` as
     above and ``num_matvecs`` including the extra ``k``. Vmaps over ``v0``, ``params`` and ``shift``.
     """
-    params = _check_operator(matvec, params)
+    params = check_operator(matvec, params)
     v0 = jnp.asarray(v0)
     dtype = v0.dtype if jnp.issubdtype(v0.dtype, jnp.floating) else jnp.float32  # top_k refuses non-floats
     shift = jnp.asarray(shift).astype(dtype)
 
     def negated(v, sigma, *op_params):
-        return sigma * v - _apply(matvec, v, op_params)
+        return sigma * v - apply_operator(matvec, v, op_params)
 
     extra = {} if max_restarts is None else {"max_restarts": max_restarts}
     res = top_k_eigenpairs(negated, v0, k, num_iters, params=(shift, *params), tol=tol, key=key,
                            precision=precision, **extra)
     vecs = res.eigenvectors
-    applied = jax.vmap(lambda v: _apply(matvec, v, params))(vecs)  # [k, P], one batched matvec
+    applied = jax.vmap(lambda v: apply_operator(matvec, v, params))(vecs)  # [k, P], one batched matvec
     mu = jnp.einsum("kp,kp->k", vecs, applied, precision=precision)
     order = jnp.argsort(mu)
     mu, vecs, applied = mu[order], vecs[order], applied[order]
     residuals = jnp.linalg.norm(applied - mu[:, None] * vecs, axis=1)
     scale = jnp.abs(shift - mu[0])
     converged = residuals <= jnp.asarray(tol, dtype) * scale
-    return EigResult(mu, vecs, residuals, converged, res.num_matvecs + k, res.num_restarts)
+    return EigResult(mu, vecs, residuals, converged, res.num_matvecs + k, res.num_restarts, scale)
