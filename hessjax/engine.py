@@ -7,7 +7,16 @@ compiled once per shape and reused for every batch:
 * ``init``   — the starting point's ``L_eff`` and fresh Adam state for every member;
 * ``epoch``  — one training epoch of every member (a member that has stopped stays frozen);
 * ``analyze``— at each member's best weights: train/test loss and accuracy, ``∇L_eff``,
-  ``‖θ − θ_ref‖`` and the top-k Hessian eigenpairs by Lanczos over the first ``hessian_samples``.
+  ``‖θ − θ_ref‖`` and the top-k eigenpairs of the *data* Hessian ``∇²(mean CE)`` by Lanczos over
+  the first ``hessian_samples``.
+
+**The shift stays out of float32.** ``∇²L_eff = ∇²(mean CE) + 2λI`` exactly: the penalty shifts
+every eigenvalue by ``2λ`` and changes no eigenvector. Carried through float32 products and Ritz
+values, ``2λ = 0.2`` costs a few ulps of 0.2 — ``1e-4`` of a small data eigenvalue ``μ ≈ 1e-3`` —
+and a tolerance relative to ``|θ_1| = |μ_1 + 2λ|`` would accept residuals 15× larger than at
+``λ = 0``. So every spectral quantity here (top k, bottom k, trace, density) is computed on the
+unshifted data Hessian, to a tolerance relative to ``|μ_1|``; the sweep adds ``2λ`` (``2λP`` for the
+trace) in float64 when it writes the ``L_eff`` values.
 
 The host calls ``epoch`` once per epoch only to report progress and to stop when every member has
 stopped; nothing inside an epoch or inside Lanczos returns to the host. Data and anchor are
@@ -31,7 +40,7 @@ from jax.sharding import PartitionSpec as P
 
 from .hvp import (Chunks, dataset_accuracy, dataset_cross_entropy, dataset_grad, linearize_hessian,
                   linearized_flat_hessian_matvec)
-from .lanczos import EigResult, top_k_eigenpairs
+from .lanczos import DEFAULT_MAX_RESTARTS, EigResult, top_k_eigenpairs
 from .loss import anchor_penalty
 from .spectral import SLQResult, TraceEstimate, bottom_k_eigenpairs, hutchinson_trace, slq_density
 from .model import DEFAULT_PRECISION, Params
@@ -45,8 +54,8 @@ class SpectrumConfig(NamedTuple):
 
     k: int = 30
     num_iters: int | None = None  # Krylov basis size; None: top_k_eigenpairs' default (4k for k=30)
-    tol: float = 1e-5  # residual ≤ tol·|λ₁| for every returned pair
-    max_restarts: int = 20
+    tol: float = 1e-5  # residual ≤ tol·max(|μ₁|, |μ_min|) for every returned pair (data Hessian μ)
+    max_restarts: int = DEFAULT_MAX_RESTARTS  # the solver's own default, for the top k and the bottom k
     trace_probes: int = 0  # Hutchinson probes (0: no trace estimate)
     density_probes: int = 0  # stochastic Lanczos quadrature probes (0: no density)
     density_iters: int = 80  # Lanczos steps per SLQ probe
@@ -72,8 +81,8 @@ class Analysis(NamedTuple):
     grad_norm: jax.Array  # [] ‖∇L_eff‖
     distance_to_anchor: jax.Array  # [] ‖θ − θ_ref‖
     weights: jax.Array  # [P] the weights analysed, PyTorch flat order
-    eig: EigResult  # top-k eigenpairs of ∇²L_eff over the Hessian samples
-    extras: Extras  # trace, density and bottom eigenpairs, where asked for
+    eig: EigResult  # top-k eigenpairs μ of the data Hessian ∇²(mean CE) over the Hessian samples
+    extras: Extras  # trace, density and bottom eigenpairs of the data Hessian, where asked for
 
 
 def probe_key(seed: int) -> jax.Array:
@@ -92,9 +101,10 @@ def lambda_keys(seed: int, lams) -> np.ndarray:
 
 def analyze(params: Params, anchor: Params, lam, key, train: Chunks, test: Chunks, hess: Chunks,
             spectrum: SpectrumConfig, *, probes=None, precision=DEFAULT_PRECISION) -> Analysis:
-    """Metrics, gradient and top-k Hessian eigenpairs of one member at ``params``.
+    """Metrics, gradient and top-k eigenpairs of the data Hessian of one member at ``params``.
 
-    ``θ`` is fixed during the Lanczos run, so the forward and backward pass over the Hessian samples
+    The eigenpairs are those of ``∇²(mean CE)``, without the penalty's ``2λI`` (see the module
+    docstring); ``∇²L_eff`` has the same eigenvectors and the eigenvalues ``μ + 2λ``. ``θ`` is fixed during the Lanczos run, so the forward and backward pass over the Hessian samples
     are done once (:func:`hessjax.hvp.linearize_hessian`) and every Lanczos step applies only the
     R-operator (about 2.6 instead of 4.75 forward passes per product; memory: the residuals of all
     ``hess`` samples, 2.6 kB per sample for 784-128-128-10 in float32). The products use ``precision``.
@@ -104,9 +114,10 @@ def analyze(params: Params, anchor: Params, lam, key, train: Chunks, test: Chunk
     k_start, k_restart, k_bottom = jax.random.split(key, 3)
     v0 = jax.random.normal(k_start, flat.shape, flat.dtype)
     lin = linearize_hessian(params, hess, precision=precision)
+    unshifted = jnp.zeros_like(lam)  # the data Hessian: the penalty's 2λI is added in float64 by the writer
     eig = top_k_eigenpairs(
         functools.partial(linearized_flat_hessian_matvec, precision=precision), v0, spectrum.k,
-        spectrum.num_iters, params=(lin, lam, hess), tol=spectrum.tol, max_restarts=spectrum.max_restarts,
+        spectrum.num_iters, params=(lin, unshifted, hess), tol=spectrum.tol, max_restarts=spectrum.max_restarts,
         key=k_restart, precision=precision, multiplicity_check=spectrum.multiplicity_check)
     return Analysis(
         train_loss=dataset_cross_entropy(params, train, precision=precision),
@@ -117,17 +128,18 @@ def analyze(params: Params, anchor: Params, lam, key, train: Chunks, test: Chunk
         distance_to_anchor=jnp.sqrt(anchor_penalty(params, anchor)),
         weights=flat,
         eig=eig,
-        extras=_extras(lin, lam, hess, flat, eig, k_bottom, jax.random.fold_in(key, 7) if probes is None else probes,
+        extras=_extras(lin, unshifted, hess, flat, eig, k_bottom, jax.random.fold_in(key, 7) if probes is None else probes,
                        spectrum, precision),
     )
 
 
 def _extras(lin, lam, hess, flat, eig, k_bottom, probes, spectrum: SpectrumConfig, precision) -> Extras:
-    """Trace, density and bottom eigenpairs over the same linearized Hessian as the top k.
+    """Trace, density and bottom eigenpairs over the same linearized data Hessian as the top k.
 
-    The Hutchinson and SLQ probes come from the key ``probes`` (:func:`probe_key`), shared by every λ of a sweep (common random
-    numbers: differences between λ are then not drowned in probe noise; the samples of two λ differ
-    by exactly ``2(λ − λ′)P`` for the trace). The bottom-k start vector is λ's own.
+    The Hutchinson and SLQ probes come from the key ``probes`` (:func:`probe_key`), shared by every
+    λ of a sweep (common random numbers: differences between λ are then the differences of the
+    weights, not probe noise; two λ trained to the same weights give identical samples). The
+    bottom-k start vector is λ's own; its restart budget is ``spectrum.max_restarts``, as the top k's.
     """
     matvec = functools.partial(linearized_flat_hessian_matvec, precision=precision)
     ops, dim, dtype = (lin, lam, hess), flat.shape[0], flat.dtype

@@ -8,7 +8,9 @@ either the old file, the whole new one, or nothing.
 Layout of ``OUT`` for run id ``ID`` (``L2`` = :func:`lambda_label` of λ)::
 
     gradients-ID-L2.csv              parameter,gradient            P rows, PyTorch flat order
-    Hessian-eigenvalues-ID-L2.csv    eigenvalue                    k rows, largest first
+    Hessian-eigenvalues-ID-L2.csv    eigenvalue                    k rows, largest first: θ = μ + 2λ (float64)
+    Hessian-eigenvalue-certificates-ID-L2.csv
+                                     eigenvalue,data_eigenvalue,residual,error_bound,converged   k rows
     Hessian-eigenvectors-ID-L2.csv   parameter,v1,...,vk           P rows   (format "csv")
     Hessian-eigenvectors-ID-L2.npy   float32 [P, k], column j = eigenvector j+1   (format "npy")
     Model-ID-L2.pth                  trained weights (written by the caller via hessjax.bridges)
@@ -55,6 +57,7 @@ __all__ = [
     "check_config",
     "check_run_id",
     "check_writable",
+    "certificates_path",
     "collect_versions",
     "discard_run",
     "bottom_eigenvalues_path",
@@ -77,6 +80,7 @@ __all__ = [
     "sha256_file",
     "store_path",
     "write_bottom_eigenvalues_csv",
+    "write_certificates_csv",
     "write_density_csv",
     "write_eigenvalues_csv",
     "write_eigenvectors",
@@ -86,7 +90,7 @@ __all__ = [
     "write_record",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: eigenvalues of the data Hessian, the 2λ shift added in float64, certificates
 TEMP_PREFIX = ".tmp-"
 EIGVEC_FORMATS = ("csv", "npy", "none")
 MODEL_COLUMNS = (
@@ -106,9 +110,10 @@ MODEL_COLUMNS = (
 #: Columns appended to ``Model-ID.csv`` when a record's ``extra`` has them (``--trace``, ``--bottom-k``).
 OPTIONAL_MODEL_COLUMNS = ("trace", "trace_stderr", "lambda_min", "lambda_min_residual")
 _FLOAT_FIELDS = (
-    "train_loss", "test_loss", "test_accuracy", "grad_norm", "distance_to_anchor", "max_residual", "seconds"
+    "train_loss", "test_loss", "test_accuracy", "grad_norm", "distance_to_anchor", "max_residual", "seconds",
+    "convergence_scale",
 )
-_LIST_FIELDS = ("eigenvalues", "residuals")
+_LIST_FIELDS = ("eigenvalues", "data_eigenvalues", "residuals", "error_bounds")
 _SIG_DIGITS = 12
 _LABEL_RE = r"[0-9]+(?:\.[0-9]+)?"  # what lambda_label gives for a finite λ >= 0
 _RUN_ID_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*")
@@ -302,6 +307,10 @@ def eigenvalues_path(out, run_id: str, lam: float) -> Path:
     return Path(out) / f"Hessian-eigenvalues-{run_id}-{lambda_label(lam)}.csv"
 
 
+def certificates_path(out, run_id: str, lam: float) -> Path:
+    return Path(out) / f"Hessian-eigenvalue-certificates-{run_id}-{lambda_label(lam)}.csv"
+
+
 def eigenvectors_path(out, run_id: str, lam: float, fmt: str = "csv") -> Path:
     if fmt not in ("csv", "npy"):
         raise ValueError(f"fmt={fmt!r}: expected 'csv' or 'npy'")
@@ -411,6 +420,27 @@ def write_eigenvalues_csv(out, run_id: str, lam: float, eigenvalues) -> Path:
     return _write_table(eigenvalues_path(out, run_id, lam), "eigenvalue", None, eigenvalues[:, None])
 
 
+def write_certificates_csv(out, run_id: str, lam: float, eigenvalues, data_eigenvalues, residuals, error_bounds,
+                           converged) -> Path:
+    """``Hessian-eigenvalue-certificates-ID-L2.csv``: what each written eigenvalue is worth, ``k`` rows.
+
+    Header ``eigenvalue,data_eigenvalue,residual,error_bound,converged``: θ of ``∇²L_eff`` (as in
+    ``Hessian-eigenvalues-ID-L2.csv``), μ = θ − 2λ of the data Hessian, the true residual
+    ``‖Hv − μv‖`` of the written unit eigenvector, the bound on ``|μ − μ_true|``
+    (:func:`hessjax.bounds.error_bounds`) and whether the pair met the solver's tolerance
+    (``True``/``False``). Floats ``%.17g``.
+    """
+    values = np.stack([np.asarray(v, np.float64).reshape(-1)
+                       for v in (eigenvalues, data_eigenvalues, residuals, error_bounds)], axis=1)
+    flags = np.asarray(converged, bool).reshape(-1)
+    if flags.shape[0] != values.shape[0]:
+        raise ValueError(f"converged: expected {values.shape[0]} flags, got {flags.shape[0]}")
+    _check_descending(values[:, 0])
+    lines = ["eigenvalue,data_eigenvalue,residual,error_bound,converged"]
+    lines += [",".join("%.17g" % v for v in row) + ("," + str(bool(f))) for row, f in zip(values, flags)]
+    return _write_text(certificates_path(out, run_id, lam), "\n".join(lines) + "\n")
+
+
 def write_eigenvectors(out, run_id: str, lam: float, names, eigenvectors, fmt: str = "csv") -> Path | None:
     """Write the eigenvectors of λ; ``eigenvectors`` is ``[k, P]``: row ``j`` is eigenvector ``j+1``.
 
@@ -450,10 +480,15 @@ def write_density_csv(out, run_id: str, lam: float, nodes, weights) -> Path:
     return _write_table(density_path(out, run_id, lam), "probe,node,weight", probe, values)
 
 
-def write_bottom_eigenvalues_csv(out, run_id: str, lam: float, eigenvalues, residuals) -> Path:
-    """``Hessian-bottom-eigenvalues-ID-L2.csv``: header ``eigenvalue,residual``, smallest first (as given)."""
-    values = np.stack([np.asarray(eigenvalues), np.asarray(residuals)], axis=1)
-    return _write_table(bottom_eigenvalues_path(out, run_id, lam), "eigenvalue,residual", None, values)
+def write_bottom_eigenvalues_csv(out, run_id: str, lam: float, eigenvalues, residuals, converged) -> Path:
+    """``Hessian-bottom-eigenvalues-ID-L2.csv``: header ``eigenvalue,residual,converged``, smallest
+    first (as given): θ of ``∇²L_eff`` (μ + 2λ, float64 ``%.17g``), the true residual, and whether
+    the pair met the solver's tolerance."""
+    values = np.stack([np.asarray(eigenvalues, np.float64), np.asarray(residuals, np.float64)], axis=1)
+    flags = np.asarray(converged, bool).reshape(-1)
+    lines = ["eigenvalue,residual,converged"]
+    lines += [",".join("%.17g" % v for v in row) + "," + str(bool(f)) for row, f in zip(values, flags)]
+    return _write_text(bottom_eigenvalues_path(out, run_id, lam), "\n".join(lines) + "\n")
 
 
 # --------------------------------------------------------------------------------------------- records
@@ -498,13 +533,18 @@ def make_record(
     eigenvalues=(),
     residuals=(),
     eig_converged=(),
+    data_eigenvalues=(),
+    error_bounds=(),
+    convergence_scale: float = math.nan,
     timings: Mapping[str, float] | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> dict:
     """The record of one finished λ (a plain dict; NaN where a value is unknown, e.g. losses of a diverged λ).
 
-    ``eigenvalues``, ``residuals`` ``[k]`` (largest eigenvalue first), ``eig_converged`` ``[k]`` bool;
-    ``max_residual`` (NaN-ignoring max, NaN if none) and ``num_converged_eigs`` are derived from them.
+    ``eigenvalues`` θ of ``∇²L_eff`` and ``data_eigenvalues`` μ = θ − 2λ of the data Hessian, ``residuals``
+    and ``error_bounds`` (on μ) ``[k]`` (largest eigenvalue first), ``eig_converged`` ``[k]`` bool
+    (``residual ≤ tol·convergence_scale``); ``max_residual`` (NaN-ignoring max, NaN if none) and
+    ``num_converged_eigs`` are derived from them.
     ``timings`` is e.g. ``{"train": s, "hessian": s, "write": s}``; ``extra`` any JSON-able details.
     """
     eigenvalues = np.asarray(eigenvalues, dtype=np.float64).reshape(-1)
@@ -527,8 +567,11 @@ def make_record(
         "num_converged_eigs": int(eig_converged.sum()),
         "seconds": float(seconds),
         "eigenvalues": eigenvalues.tolist(),
+        "data_eigenvalues": np.asarray(data_eigenvalues, np.float64).reshape(-1).tolist(),
         "residuals": residuals.tolist(),
+        "error_bounds": np.asarray(error_bounds, np.float64).reshape(-1).tolist(),
         "eig_converged": eig_converged.tolist(),
+        "convergence_scale": float(convergence_scale),
         "timings": {str(k): float(v) for k, v in (timings or {}).items()},
         "extra": dict(extra or {}),
     }
@@ -732,6 +775,11 @@ def check_config(
     previous = read_manifest(out, run_id)
     if previous is None:
         return None
+    if previous.get("schema_version") != SCHEMA_VERSION:
+        raise UsageError(
+            f"run {run_id!r} in {str(out)!r} was written by schema {previous.get('schema_version')} of hessjax's "
+            f"results, this is schema {SCHEMA_VERSION}; use another --out or --run-id, or --overwrite to discard it"
+        )
     diffs = _diff_keys(previous.get("config", {}), _normalise(config, ignore))
     old_sha = previous.get("anchor_sha256")
     if anchor_sha256 is not None and old_sha is not None and old_sha != anchor_sha256:
@@ -768,7 +816,7 @@ def discard_run(out, run_id: str) -> list[Path]:
         re.compile(
             rf"(?:gradients|Hessian-eigenvalues)-{rid}-{_LABEL_RE}\.csv"
             rf"|Hessian-eigenvectors-{rid}-{_LABEL_RE}\.(?:csv|npy)|model_weights-{rid}-{_LABEL_RE}\.pth"
-            rf"|Hessian-(?:density|bottom-eigenvalues)-{rid}-{_LABEL_RE}\.csv"
+            rf"|Hessian-(?:density|bottom-eigenvalues|eigenvalue-certificates)-{rid}-{_LABEL_RE}\.csv"
         ),
     )
     store = store_path(out, run_id)
@@ -788,6 +836,7 @@ _SCALARS = {
     "grad_norm": ("float64", np.nan),
     "distance_to_anchor": ("float64", np.nan),
     "max_residual": ("float64", np.nan),
+    "convergence_scale": ("float64", np.nan),
     "seconds": ("float64", np.nan),
     "epochs": ("int32", -1),
     "num_converged_eigs": ("int32", -1),
@@ -795,7 +844,8 @@ _SCALARS = {
     "diverged": ("bool", False),
 }
 _LAMBDA_COORD_CHUNK = 4096
-_PER_EIG = {"eigenvalues": ("float64", np.nan), "residuals": ("float64", np.nan), "eig_converged": ("bool", False)}
+_PER_EIG = {"eigenvalues": ("float64", np.nan), "data_eigenvalues": ("float64", np.nan),
+            "residuals": ("float64", np.nan), "error_bounds": ("float64", np.nan), "eig_converged": ("bool", False)}
 _PER_PARAM = {"gradient": ("float32", np.nan), "weights": ("float32", np.nan)}
 
 
@@ -816,11 +866,12 @@ class SweepStore:
     coordinator, is chunked 4096)::
 
         lambda [lambda] float64 (coordinate)           eig [eig] int32 = 1..k (coordinate)
-        train_loss, test_loss, test_accuracy, grad_norm, distance_to_anchor, max_residual, seconds
-                                     [lambda] float64, NaN until written
+        train_loss, test_loss, test_accuracy, grad_norm, distance_to_anchor, max_residual,
+        convergence_scale, seconds   [lambda] float64, NaN until written
         epochs, num_converged_eigs   [lambda] int32, -1 until written
         converged, diverged          [lambda] bool, False until written
-        eigenvalues, residuals       [lambda, eig] float64 NaN;   eig_converged [lambda, eig] bool
+        eigenvalues (θ of ∇²L_eff), data_eigenvalues (μ = θ − 2λ), residuals, error_bounds
+                                     [lambda, eig] float64 NaN;   eig_converged [lambda, eig] bool
         gradient, weights            [lambda, parameter] float32 NaN
         eigenvectors                 [lambda, eig, parameter] float32 NaN (row j = eigenvector j+1)
         done                         [lambda] bool: written LAST by :meth:`write`; only rows with done

@@ -20,6 +20,8 @@ from typing import Sequence
 
 import numpy as np
 
+from .bounds import error_bounds, shifted
+
 DEFAULT_LAMBDAS = "0:0.1:501"
 
 
@@ -151,7 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("spectrum (Lanczos with full reorthogonalisation and thick restarts)")
     g.add_argument("--k", type=_positive_int, default=d.k, help="number of top eigenpairs")
     g.add_argument("--lanczos-iters", type=_positive_int, default=None, help="Krylov basis size (default 4k, at least 2k+20)")
-    g.add_argument("--tol", type=_positive_float, default=d.tol, help="residual tolerance relative to |λ₁|")
+    g.add_argument("--tol", type=_positive_float, default=d.tol, help="every returned pair has ‖Hv − μv‖ ≤ TOL·|μ₁| (μ: the data Hessian's eigenvalues; "
+                        "floored by the operator's norm where |μ₁| is tiny)")
     g.add_argument("--max-restarts", type=_nonneg_int, default=d.max_restarts)
     g.add_argument("--no-multiplicity-check", dest="multiplicity_check", action="store_false",
                    help="skip the locking pass that finds a second copy of a degenerate eigenvalue in the top k "
@@ -400,7 +403,32 @@ def _execute(config, anchor, anchor_io, run_id, out, lams, todo, batches, finish
     finally:
         progress.close()
     return {"out": str(out), "run_id": run_id, "finished": done_now, "skipped": sorted(finished),
-            "diverged": diverged, "store": str(store_path), "compilations": programs.compilations()}
+            "diverged": diverged, "store": str(store_path), "compilations": programs.compilations(),
+            "unconverged": unconverged_pairs(results.finished_lambdas(out, run_id), lams)}
+
+
+def unconverged_pairs(records, lams) -> dict[float, int]:
+    """``{λ: number of top-k pairs that missed the tolerance}`` over the finished, non-diverged λ of ``lams``."""
+    from .results import round_lambda
+
+    wanted = {round_lambda(v) for v in lams}
+    missed = {}
+    for lam, rec in records.items():
+        flags = rec.get("eig_converged", [])
+        if lam in wanted and not rec.get("diverged") and not all(flags):
+            missed[lam] = len(flags) - int(sum(bool(f) for f in flags))
+    return missed
+
+
+def unconverged_warning(missed: dict[float, int], k: int) -> str | None:
+    """The one warning line naming every λ with unconverged pairs, or ``None``."""
+    if not missed:
+        return None
+    from .results import lambda_label
+
+    shown = ", ".join(f"{lambda_label(lam)} ({n} of {k})" for lam, n in sorted(missed.items()))
+    return (f"warning: unconverged eigenpairs at λ = {shown}; they are flagged converged=False in "
+            "Hessian-eigenvalue-certificates-*.csv, the records and the store")
 
 
 def _store_extras(config: SweepConfig) -> dict:
@@ -414,34 +442,45 @@ def _store_extras(config: SweepConfig) -> dict:
                    "slq_weights": ("float64", shape, ("probe", "node"))}
     if config.bottom_k:
         extras |= {"bottom_eigenvalues": ("float64", (config.bottom_k,), ("bottom",)),
-                   "bottom_residuals": ("float64", (config.bottom_k,), ("bottom",))}
+                   "bottom_residuals": ("float64", (config.bottom_k,), ("bottom",)),
+                   "bottom_converged": ("bool", (config.bottom_k,), ("bottom",))}
     return extras
 
 
-def _extra_results(ex) -> tuple[dict, dict]:
-    """(record ``extra`` entries, store ``extras`` arrays) of one λ's :class:`hessjax.engine.Extras`."""
+def _extra_results(ex, lam: float, n_params: int) -> tuple[dict, dict]:
+    """(record ``extra`` entries, store ``extras`` arrays) of one λ's :class:`hessjax.engine.Extras`.
+
+    The engine computes them on the data Hessian; the ``L_eff`` values written here add the penalty's
+    ``2λI`` in float64: ``2λP`` to the trace, ``2λ`` to every SLQ node and bottom eigenvalue.
+    """
     record, arrays = {}, {}
     if ex.trace is not None:
-        record |= {"trace": float(ex.trace.trace), "trace_stderr": float(ex.trace.stderr)}
-        arrays |= {"trace": ex.trace.trace, "trace_stderr": ex.trace.stderr}
+        trace = float(ex.trace.trace) + 2.0 * lam * n_params
+        record |= {"trace": trace, "trace_stderr": float(ex.trace.stderr), "data_trace": float(ex.trace.trace)}
+        arrays |= {"trace": trace, "trace_stderr": ex.trace.stderr}
     if ex.slq is not None:
-        arrays |= {"slq_nodes": ex.slq.nodes, "slq_weights": ex.slq.weights}
+        arrays |= {"slq_nodes": shifted(ex.slq.nodes, lam), "slq_weights": ex.slq.weights}
     if ex.bottom is not None:
-        record |= {"lambda_min": float(ex.bottom.eigenvalues[0]), "lambda_min_residual": float(ex.bottom.residuals[0]),
-                   "bottom_eigenvalues": [float(v) for v in ex.bottom.eigenvalues],
-                   "bottom_residuals": [float(v) for v in ex.bottom.residuals]}
-        arrays |= {"bottom_eigenvalues": ex.bottom.eigenvalues, "bottom_residuals": ex.bottom.residuals}
+        theta = shifted(ex.bottom.eigenvalues, lam)
+        record |= {"lambda_min": float(theta[0]), "lambda_min_residual": float(ex.bottom.residuals[0]),
+                   "bottom_eigenvalues": theta.tolist(),
+                   "bottom_residuals": [float(v) for v in ex.bottom.residuals],
+                   "bottom_converged": [bool(v) for v in ex.bottom.converged]}
+        arrays |= {"bottom_eigenvalues": theta, "bottom_residuals": ex.bottom.residuals,
+                   "bottom_converged": ex.bottom.converged}
     return record, arrays
 
 
 def _write_extra_files(out, run_id, lam, ex) -> None:
-    """``Hessian-density-ID-L2.csv`` and ``Hessian-bottom-eigenvalues-ID-L2.csv``, where asked for."""
+    """``Hessian-density-ID-L2.csv`` and ``Hessian-bottom-eigenvalues-ID-L2.csv``, where asked for
+    (``L_eff`` values: ``2λ`` added in float64)."""
     from . import results
 
     if ex.slq is not None:
-        results.write_density_csv(out, run_id, lam, ex.slq.nodes, ex.slq.weights)
+        results.write_density_csv(out, run_id, lam, shifted(ex.slq.nodes, lam), ex.slq.weights)
     if ex.bottom is not None:
-        results.write_bottom_eigenvalues_csv(out, run_id, lam, ex.bottom.eigenvalues, ex.bottom.residuals)
+        results.write_bottom_eigenvalues_csv(out, run_id, lam, shifted(ex.bottom.eigenvalues, lam),
+                                             ex.bottom.residuals, ex.bottom.converged)
 
 
 def _write_lambda(config, anchor, anchor_io, run_id, out, store, names, lam, a, s, seconds) -> dict:
@@ -454,9 +493,11 @@ def _write_lambda(config, anchor, anchor_io, run_id, out, store, names, lam, a, 
     from . import results
 
     diverged = bool(s.diverged) or not np.isfinite(a.train_loss) or not np.all(np.isfinite(a.weights))
-    eig = a.eig
+    eig = a.eig  # of the data Hessian: μ
+    theta = shifted(eig.eigenvalues, lam)  # of ∇²L_eff, in float64
+    bounds = error_bounds(eig.eigenvalues, eig.residuals)
     nan = float("nan")
-    extra_record, extra_arrays = _extra_results(a.extras)
+    extra_record, extra_arrays = _extra_results(a.extras, lam, anchor.num_params)
     record = results.make_record(
         lam,
         train_loss=nan if diverged else a.train_loss,
@@ -468,9 +509,12 @@ def _write_lambda(config, anchor, anchor_io, run_id, out, store, names, lam, a, 
         grad_norm=nan if diverged else a.grad_norm,
         distance_to_anchor=nan if diverged else a.distance_to_anchor,
         seconds=seconds,
-        eigenvalues=() if diverged else eig.eigenvalues,
+        eigenvalues=() if diverged else theta,
         residuals=() if diverged else eig.residuals,
         eig_converged=() if diverged else eig.converged,
+        data_eigenvalues=() if diverged else eig.eigenvalues,
+        error_bounds=() if diverged else bounds,
+        convergence_scale=nan if diverged else eig.scale,
         extra={"best_epoch": int(s.best_epoch), "lanczos_matvecs": int(eig.num_matvecs),
                "lanczos_restarts": int(eig.num_restarts), **(extra_record if not diverged else {})},
     )
@@ -480,7 +524,8 @@ def _write_lambda(config, anchor, anchor_io, run_id, out, store, names, lam, a, 
         _, unravel = jax.flatten_util.ravel_pytree(anchor.params)
         anchor_io.save_state_dict(results.pth_path(out, run_id, lam), unravel(a.weights), anchor)
         results.write_gradients_csv(out, run_id, lam, names, a.gradient)
-        results.write_eigenvalues_csv(out, run_id, lam, eig.eigenvalues)
+        results.write_eigenvalues_csv(out, run_id, lam, theta)
+        results.write_certificates_csv(out, run_id, lam, theta, eig.eigenvalues, eig.residuals, bounds, eig.converged)
         results.write_eigenvectors(out, run_id, lam, names, eig.eigenvectors, config.eigenvectors)
         _write_extra_files(out, run_id, lam, a.extras)
         store.write(record, gradient=a.gradient, weights=a.weights, eigenvectors=eig.eigenvectors,
@@ -541,6 +586,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: finished λ values are saved; rerun the same command to resume", file=sys.stderr)
         return 130
+    line = unconverged_warning(summary.get("unconverged", {}), config.k)
+    if line:
+        print(line, file=sys.stderr)
     if not config.quiet and not config.dry_run:
         print(f"{len(summary['finished'])} λ finished, {len(summary['skipped'])} already done, "
               f"{len(summary['diverged'])} diverged; results in {summary['out']}")
