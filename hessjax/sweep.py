@@ -66,6 +66,9 @@ class SweepConfig:
     # scale
     lambda_batch: int | None = None
     distributed: bool = False
+    coordinator: str | None = None  # jax.distributed's coordinator address HOST:PORT (default: detected)
+    num_processes: int | None = None
+    process_id: int | None = None
     # output
     eigenvectors: str = "csv"
     overwrite: bool = False
@@ -75,7 +78,8 @@ class SweepConfig:
     def fingerprint(self) -> dict:
         """The settings that determine a λ's results: a rerun into the same directory must match
         them (the grid, the batching and the output knobs are free to change)."""
-        free = {"lambdas", "out", "overwrite", "quiet", "dry_run", "lambda_batch", "distributed", "eigenvectors"}
+        free = {"lambdas", "out", "overwrite", "quiet", "dry_run", "lambda_batch", "distributed", "eigenvectors",
+                "coordinator", "num_processes", "process_id"}
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in free}
 
 
@@ -174,7 +178,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lambda-batch", type=_positive_int, default=None,
                    help="λ values per device in one compiled program (default: 1 on CPU, 8 on GPU/TPU)")
     g.add_argument("--distributed", action="store_true",
-                   help="call jax.distributed.initialize() and shard λ over every host's devices")
+                   help="call jax.distributed.initialize() and shard λ over every process's devices (one "
+                        "program: if a process dies, all stop; see --shard for independent workers)")
+    g.add_argument("--coordinator", default=None,
+                   help="with --distributed: the coordinator's HOST:PORT (default: detected from the cluster, "
+                        "e.g. Slurm)")
+    g.add_argument("--num-processes", type=_positive_int, default=None, help="with --distributed: process count")
+    g.add_argument("--process-id", type=_nonneg_int, default=None, help="with --distributed: this process's index")
     g = p.add_argument_group("output")
     g.add_argument("--eigenvectors", choices=("csv", "npy", "none"), default=d.eigenvectors,
                    help="per-λ eigenvector file format; every eigenvector is always in the Zarr store")
@@ -243,7 +253,7 @@ def run(config: SweepConfig | None = None, **overrides) -> dict:
     if config.dtype == "float64":
         jax.config.update("jax_enable_x64", True)
     if config.distributed:
-        jax.distributed.initialize()
+        _initialize_distributed(jax, config)
     from .bridges import anchor as anchor_io
 
     anchor_path = Path(config.anchor) if config.anchor else default_anchor_path()
@@ -290,6 +300,20 @@ def run(config: SweepConfig | None = None, **overrides) -> dict:
 
     return _execute(config, anchor, anchor_io, run_id, out, lams, todo, batches, finished, data, n_hess,
                     per_device, devices, fingerprint)
+
+
+def _initialize_distributed(jax, config) -> None:
+    """``jax.distributed.initialize`` with the explicit coordinator, process count and index where
+    given (else JAX detects them from the cluster); CPU devices then use gloo collectives, so a
+    multi-process run also works on CPU-only hosts."""
+    given = {"coordinator_address": config.coordinator, "num_processes": config.num_processes,
+             "process_id": config.process_id}
+    from .results import UsageError
+
+    if not config.distributed and any(v is not None for v in given.values()):
+        raise UsageError("--coordinator, --num-processes and --process-id need --distributed")
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(**{k: v for k, v in given.items() if v is not None})
 
 
 def _enable_compilation_cache(jax) -> None:
