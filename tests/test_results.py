@@ -441,3 +441,32 @@ def test_store_extras_are_declared_written_and_added_later(tmp_path):
     assert ds["slq_nodes"].dims == ("lambda", "probe", "node") and ds["slq_nodes"].shape == (3, 3, 4)
     np.testing.assert_array_equal(ds["slq_nodes"].sel({"lambda": 0.1}).values, np.arange(12.0).reshape(3, 4))
     assert ds["bottom_eigenvalues"].shape == (3, 2) and np.isnan(ds["bottom_eigenvalues"].values).all()
+
+
+def test_fast_float32_cells_read_back_bit_for_bit(tmp_path):
+    """The per-parameter files' fixed-width cells: every float32 (subnormals, extremes, neighbours of
+    powers of ten, signed zeros, random magnitudes) reads back as itself with pandas and numpy."""
+    rng = np.random.default_rng(0)
+    f32 = np.finfo(np.float32)
+    special = [0.0, -0.0, 1.0, -1.0, f32.max, -f32.max, f32.tiny, f32.smallest_subnormal, -f32.smallest_subnormal,
+               9.99999997e-07, 1e-6, 99999.9922, 1e5, 0.1, 0.2, 1 / 3]
+    powers = np.float32(10.0) ** np.arange(-44, 39, dtype=np.float64)
+    near = np.concatenate([np.nextafter(powers.astype(np.float32), np.float32(0)),
+                           np.nextafter(powers.astype(np.float32), np.float32(np.inf))])
+    spread = rng.standard_normal(3000) * 10.0 ** rng.uniform(-45, 38, 3000)
+    values = np.concatenate([np.asarray(special, np.float32), near, spread.astype(np.float32)])
+    values = values[np.isfinite(values)]
+    pad = (-values.size) % 3
+    matrix = np.concatenate([values, np.ones(pad, np.float32)]).reshape(-1, 3)
+    names = np.array([f"layer{i // 7}.weight" for i in range(matrix.shape[0])], dtype=object)
+    path = R.write_eigenvectors(tmp_path, "run", 0.5, names, matrix.T, "csv")
+    df = pd.read_csv(path)
+    assert list(df.columns) == ["parameter", "v1", "v2", "v3"] and df["parameter"].tolist() == names.tolist()
+    back = df[["v1", "v2", "v3"]].to_numpy(np.float64).astype(np.float32)
+    assert np.array_equal(back.view(np.uint32), matrix.view(np.uint32))  # bit for bit, signs of zeros included
+    rows = np.loadtxt(path, delimiter=",", skiprows=1, usecols=(1, 2, 3), dtype=np.float64).astype(np.float32)
+    assert np.array_equal(rows.view(np.uint32), matrix.view(np.uint32))
+    # a non-finite value falls back to %-formatting, still one value per cell
+    matrix[0, 0] = np.nan
+    back = pd.read_csv(R.write_eigenvectors(tmp_path, "run", 0.25, names, matrix.T, "csv"))[["v1", "v2", "v3"]]
+    assert np.isnan(back.iloc[0, 0]) and np.array_equal(back.to_numpy(np.float32)[1:], matrix[1:])
