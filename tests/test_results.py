@@ -1,6 +1,7 @@
 """The output layer: λ parsing and labels, per-λ files, records, Model CSV, the Zarr store, manifest, atomicity."""
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -470,3 +471,47 @@ def test_fast_float32_cells_read_back_bit_for_bit(tmp_path):
     matrix[0, 0] = np.nan
     back = pd.read_csv(R.write_eigenvectors(tmp_path, "run", 0.25, names, matrix.T, "csv"))[["v1", "v2", "v3"]]
     assert np.isnan(back.iloc[0, 0]) and np.array_equal(back.to_numpy(np.float32)[1:], matrix[1:])
+
+
+def test_leftovers_of_dead_writers_are_removed_and_live_ones_kept(tmp_path):
+    """A temporary file names its writer (pid@host): a dead writer's is removed at once, a live
+    writer's never (here a sleeping child process stands for a live worker), whatever their age."""
+    import subprocess
+    import sys
+
+    from hessjax.results.atomic import _temp_name
+
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    try:
+        mine = _temp_name("gradients-r-0.1.csv")
+        live_tmp = tmp_path / mine.replace(f"{os.getpid()}@", f"{live.pid}@")
+        dead_tmp = tmp_path / mine.replace(f"{os.getpid()}@", f"{dead.pid}@")
+        for p in (live_tmp, dead_tmp):
+            p.write_text("partial")
+            os.utime(p, (0, 0))  # very old: age alone must not decide for this host's files
+        assert R.remove_temp_files(tmp_path) == [dead_tmp]
+        assert live_tmp.exists()
+    finally:
+        live.kill()
+        live.wait()
+    assert R.remove_temp_files(tmp_path) == [live_tmp]
+    other_host = tmp_path / ".tmp-1@elsewhere~0a1b2c3d~Model-r.csv"
+    other_host.write_text("x")
+    assert R.remove_temp_files(tmp_path) == []  # another host's, fresh: it may be alive
+    os.utime(other_host, (0, 0))
+    assert R.remove_temp_files(tmp_path) == [other_host]
+
+
+def test_log_grids():
+    np.testing.assert_allclose(R.parse_lambdas("1e-6:0.1:6:log"), np.geomspace(1e-6, 0.1, 6), rtol=1e-12)
+    grid = R.parse_lambdas("0,1e-6:0.1:200:log")
+    assert grid.size == 201 and grid[0] == 0 and grid[1] == 1e-6 and grid[-1] == 0.1
+    assert np.allclose(np.diff(np.log(grid[1:])), np.log(1e5) / 199, rtol=1e-9)
+    mixed = R.parse_lambdas("0,0.001:0.003:3,0.01:1:3:log")
+    np.testing.assert_array_equal(mixed, [0, 0.001, 0.002, 0.003, 0.01, 0.1, 1.0])
+    for bad, match in (("0:0.1:5:log", "START > 0"), ("1e-3:1e-1:5:lin", "START:STOP:NUM:log"),
+                       ("1e-3:1e-1:0:log", "NUM must be"), ("1e-3,1e-3:1:3:log", "duplicate")):
+        with pytest.raises(R.UsageError, match=match):
+            R.parse_lambdas(bad)

@@ -36,7 +36,7 @@ float32), anything else as float64 ``%.17g`` (reads back bitwise as the same flo
 
 from __future__ import annotations
 
-from .atomic import TEMP_PREFIX, atomic_path, atomic_write, check_writable, remove_temp_files
+from .atomic import TEMP_PREFIX, atomic_path, atomic_write, check_writable, remove_temp_files, run_lock
 from .grid import UsageError, check_run_id, lambda_label, parse_lambdas, round_lambda
 from .manifest import (
     SCHEMA_VERSION,
@@ -115,6 +115,7 @@ __all__ = [
     "record_path",
     "remove_temp_files",
     "round_lambda",
+    "run_lock",
     "sha256_file",
     "store_path",
     "write_bottom_eigenvalues_csv",

@@ -39,43 +39,56 @@ def _parse_number(text: str, what: str, spec: str) -> float:
     return value
 
 
+def _parse_range(item: str, spec: str) -> list[float]:
+    """``START:STOP:NUM`` (like ``numpy.linspace``) or ``START:STOP:NUM:log`` (like ``numpy.geomspace``)."""
+    parts = item.split(":")
+    log = len(parts) == 4 and parts[3].strip() == "log"
+    if len(parts) != 3 and not log:
+        raise UsageError(f"--lambdas {spec!r}: expected START:STOP:NUM or START:STOP:NUM:log, got {item.strip()!r}")
+    start = _parse_number(parts[0], "START", spec)
+    stop = _parse_number(parts[1], "STOP", spec)
+    num_text = parts[2].strip()
+    if not re.fullmatch(r"[+]?[0-9]+", num_text):
+        raise UsageError(f"--lambdas {spec!r}: NUM {num_text!r} is not a whole number")
+    num = int(num_text)
+    if num < 1:
+        raise UsageError(f"--lambdas {spec!r}: NUM must be >= 1, got {num}")
+    if num == 1 and start != stop:
+        raise UsageError(f"--lambdas {spec!r}: NUM=1 with START != STOP; use a single value or START:START:1")
+    if log:
+        if start <= 0 or stop <= 0:
+            raise UsageError(f"--lambdas {spec!r}: a log range needs START > 0 and STOP > 0 "
+                             "(add λ = 0 with a comma: 0,1e-6:0.1:200:log)")
+        return np.geomspace(start, stop, num).tolist()
+    return np.linspace(start, stop, num).tolist()
+
+
 def parse_lambdas(spec: str) -> np.ndarray:
     """Parse ``--lambdas`` into a float64 array ``[n]``, each value rounded to 12 significant digits.
 
-    Two forms:
+    A comma list of items, each one of:
 
+    * a number, e.g. ``0`` or ``0.01``;
     * ``START:STOP:NUM`` — ``NUM`` values from START to STOP inclusive, as ``numpy.linspace(START, STOP, NUM)``
       (descending if START > STOP). ``NUM`` must be an integer >= 1; ``NUM = 1`` requires ``START == STOP``
-      (numpy would silently drop STOP; here that is refused as a likely typo).
-    * ``A,B,C`` — a comma list (one number alone is a list of one), kept in the user's order.
+      (numpy would silently drop STOP; here that is refused as a likely typo);
+    * ``START:STOP:NUM:log`` — ``NUM`` log-spaced values, as ``numpy.geomspace(START, STOP, NUM)``
+      (START, STOP > 0; λ = 0 is added as its own item: ``0,1e-6:0.1:200:log``).
 
     The order is returned as given; the sweep runs λ sorted ascending and every table is written ascending.
     Refused with :class:`UsageError`: an empty spec or item, a non-number, NaN/Inf, a negative value,
-    a bad ``NUM``, and values that coincide after rounding.
+    a bad ``NUM``, a log range touching 0, and values that coincide after rounding.
     """
     text = str(spec).strip()
     if not text:
-        raise UsageError("--lambdas is empty; give START:STOP:NUM or a comma list such as 0,0.001,0.01")
-    if ":" in text:
-        parts = text.split(":")
-        if len(parts) != 3:
-            raise UsageError(f"--lambdas {spec!r}: expected START:STOP:NUM (three fields), got {len(parts)}")
-        start = _parse_number(parts[0], "START", spec)
-        stop = _parse_number(parts[1], "STOP", spec)
-        num_text = parts[2].strip()
-        if not re.fullmatch(r"[+]?[0-9]+", num_text):
-            raise UsageError(f"--lambdas {spec!r}: NUM {num_text!r} is not a whole number")
-        num = int(num_text)
-        if num < 1:
-            raise UsageError(f"--lambdas {spec!r}: NUM must be >= 1, got {num}")
-        if num == 1 and start != stop:
-            raise UsageError(f"--lambdas {spec!r}: NUM=1 with START != STOP; use a single value or START:START:1")
-        raw = np.linspace(start, stop, num).tolist()
-    else:
-        raw = []
-        for i, item in enumerate(text.split(",")):
-            if not item.strip():
-                raise UsageError(f"--lambdas {spec!r}: item {i + 1} is empty")
+        raise UsageError("--lambdas is empty; give START:STOP:NUM[:log] or a comma list such as 0,0.001,0.01")
+    raw = []
+    for i, item in enumerate(text.split(",")):
+        if not item.strip():
+            raise UsageError(f"--lambdas {spec!r}: item {i + 1} is empty")
+        if ":" in item:
+            raw.extend(_parse_range(item, spec))
+        else:
             raw.append(_parse_number(item, f"item {i + 1}", spec))
     values = np.array([round_lambda(v) for v in raw], dtype=np.float64)
     uniq, counts = np.unique(values, return_counts=True)
