@@ -236,6 +236,11 @@ class SweepStore:
         group["done"][i] = True
         return i
 
+    def eigenvectors(self, lam: float) -> np.ndarray:
+        """``[k, P]`` float32: the eigenvectors of λ (row j = eigenvector j+1; NaN where none were written)."""
+        group = self._group("r")
+        return np.asarray(group["eigenvectors"][self.index(lam, _lambdas=group["lambda"][:])])
+
     def done(self) -> np.ndarray:
         """``[n]`` bool in storage order."""
         return np.asarray(self._group("r")["done"][:], dtype=bool)
