@@ -1,0 +1,7 @@
+"""``python -m hessjax.sweep``."""
+
+import sys
+
+from . import main
+
+sys.exit(main())

@@ -1,0 +1,215 @@
+"""The settings of a sweep and its command line: :class:`SweepConfig` and :func:`build_parser`."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+
+from ..lanczos import DEFAULT_MAX_RESTARTS
+
+__all__ = ["DEFAULT_LAMBDAS", "SweepConfig", "build_parser"]
+
+DEFAULT_LAMBDAS = "0:0.1:501"
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepConfig:
+    """Every setting of a sweep. Defaults are the command line's (see ``--help`` for the reasons)."""
+
+    anchor: str | None = None  # None: the shipped default anchor
+    out: str = "results"
+    run_id: str | None = None  # None: the anchor file's stem
+    seed: int = 0
+    lambdas: str = DEFAULT_LAMBDAS
+    seeds: str | None = None  # several seeds, each its own run id "ID-seedS" (e.g. "0,1,2" or "0:5")
+    # studies
+    refine: str | None = None  # adaptive refinement indicator: distance, mu1 or overlap
+    refine_budget: int = 20  # at most this many λ added by refinement
+    refine_resolution: float = 0.02  # stop refining an interval once (hi − lo) ≤ this · hi
+    refine_threshold: float = 0.05  # refine only intervals whose indicator changes by more than this
+    shard: str | None = None  # "I/N" (0-based) or "slurm": this worker's contiguous part of the grid
+    # training
+    lr: float = 0.0015
+    batch_size: int = 128
+    max_epochs: int = 200
+    patience: int = 5
+    min_delta: float = 1e-4
+    init: str = "random"
+    # data
+    data_dir: str | None = None
+    tfds_dir: str | None = None
+    train_samples: int | None = None
+    test_samples: int | None = None
+    hessian_samples: int | None = None
+    chunk_size: int = 10_000
+    # spectrum
+    k: int = 30
+    lanczos_iters: int | None = None
+    tol: float = 1e-5
+    max_restarts: int = DEFAULT_MAX_RESTARTS
+    multiplicity_check: bool = True
+    dtype: str = "float32"
+    precision: str = "highest"
+    # optional spectral extras
+    trace: bool = False
+    trace_probes: int = 100
+    density: bool = False
+    density_probes: int = 10
+    density_iters: int = 80
+    bottom_k: int = 0
+    # scale
+    lambda_batch: int | None = None
+    distributed: bool = False
+    coordinator: str | None = None  # jax.distributed's coordinator address HOST:PORT (default: detected)
+    num_processes: int | None = None
+    process_id: int | None = None
+    # output
+    eigenvectors: str = "csv"
+    overwrite: bool = False
+    quiet: bool = False
+    dry_run: bool = False
+    overlap_writes: bool = True  # write batch b while batch b+1 computes (False: write, then compute)
+
+    def fingerprint(self) -> dict:
+        """The settings that determine a λ's results: a rerun into the same directory must match
+        them (the grid, the batching and the output knobs are free to change)."""
+        free = {"lambdas", "out", "overwrite", "quiet", "dry_run", "lambda_batch", "distributed", "eigenvectors",
+                "coordinator", "num_processes", "process_id", "seeds", "refine", "refine_budget",
+                "refine_resolution", "refine_threshold", "shard", "overlap_writes"}
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in free}
+
+
+# ----------------------------------------------------------------------------------- command line
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _nonneg_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1), got {text}")
+    return value
+
+
+def _nonneg_float(text: str) -> float:
+    value = float(text)
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a non-negative number, got {text}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one ``error:`` line (exit status 2), like every other refusal."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = SweepConfig()
+    p = _Parser(
+        prog="python -m hessjax.sweep",
+        description="Train the MLP for every λ of a grid under mean CE + λ‖θ − θ_ref‖² and write the top-k "
+                    "Hessian eigenpairs at each converged point.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group("run")
+    g.add_argument("--anchor", default=None, help="anchor .pth state dict (default: the shipped anchor)")
+    g.add_argument("--out", default=d.out, help="output directory")
+    g.add_argument("--id", dest="run_id", default=None, help="run id in file names (default: the anchor's stem)")
+    g.add_argument("--seed", type=_nonneg_int, default=d.seed, help="seed of the initialisation, batch order and Lanczos")
+    g.add_argument("--lambdas", default=d.lambdas,
+                   help="START:STOP:NUM (inclusive, like numpy.linspace), START:STOP:NUM:log (START > 0, like "
+                        "numpy.geomspace), or a comma list of values and such ranges, e.g. 0,1e-6:0.1:200:log")
+    g.add_argument("--seeds", default=None,
+                   help="run the grid once per seed (a comma list or START:STOP, STOP excluded), each as its own "
+                        "run id ID-seedS; overrides --seed")
+    g = p.add_argument_group("adaptive refinement (adds λ where the trained network changes most)")
+    g.add_argument("--refine", choices=("distance", "mu1", "overlap"), default=None,
+                   help="indicator: |Δ log ‖θ − θ_ref‖|, |Δ log μ₁| or 1 − the top-k subspace overlap between "
+                        "neighbouring λ")
+    g.add_argument("--refine-budget", type=_positive_int, default=d.refine_budget, help="most λ to add")
+    g.add_argument("--refine-resolution", type=_fraction, default=d.refine_resolution,
+                   help="refine an interval only while (hi − lo) > RESOLUTION·hi")
+    g.add_argument("--refine-threshold", type=_nonneg_float, default=d.refine_threshold,
+                   help="refine only intervals whose indicator changes by more than this")
+    g = p.add_argument_group("training (Adam, early stopping on a plateau of L_eff over the training samples)")
+    g.add_argument("--lr", type=_positive_float, default=d.lr)
+    g.add_argument("--batch-size", type=_positive_int, default=d.batch_size,
+                   help="mini-batch size; the last partial batch of an epoch is kept, as torch's DataLoader does")
+    g.add_argument("--max-epochs", type=_nonneg_int, default=d.max_epochs, help="epoch cap (0: no training)")
+    g.add_argument("--patience", type=_positive_int, default=d.patience,
+                   help="stop after this many epochs without an improvement of L_eff by more than --min-delta")
+    g.add_argument("--min-delta", type=_nonneg_float, default=d.min_delta)
+    g.add_argument("--init", choices=("random", "anchor"), default=d.init,
+                   help="start every λ from one seeded fresh initialisation, or from the anchor itself")
+    g = p.add_argument_group("data (MNIST; the first N samples of each split in file order)")
+    g.add_argument("--data-dir", default=None,
+                   help="directory of the four IDX files (default: $HESSJAX_DATA_DIR, else the copy shipped with hessjax)")
+    g.add_argument("--tfds-dir", default=None,
+                   help="a prepared tensorflow-datasets directory to read instead (never downloads; example order differs)")
+    g.add_argument("--train-samples", type=_positive_int, default=None, help="default: all 60,000")
+    g.add_argument("--test-samples", type=_positive_int, default=None, help="default: all 10,000")
+    g.add_argument("--hessian-samples", type=_positive_int, default=None, help="default: the training samples")
+    g.add_argument("--chunk-size", type=_positive_int, default=d.chunk_size,
+                   help="samples per chunk of full-data losses, gradients and HVPs (bounds memory)")
+    g = p.add_argument_group("spectrum (Lanczos with full reorthogonalisation and thick restarts)")
+    g.add_argument("--k", type=_positive_int, default=d.k, help="number of top eigenpairs")
+    g.add_argument("--lanczos-iters", type=_positive_int, default=None, help="Krylov basis size (default 4k, at least 2k+20)")
+    g.add_argument("--tol", type=_positive_float, default=d.tol, help="every returned pair has ‖Hv − μv‖ ≤ TOL·|μ₁| (μ: the data Hessian's eigenvalues; "
+                        "floored by the operator's norm where |μ₁| is tiny)")
+    g.add_argument("--max-restarts", type=_nonneg_int, default=d.max_restarts)
+    g.add_argument("--no-multiplicity-check", dest="multiplicity_check", action="store_false",
+                   help="skip the locking pass that finds a second copy of a degenerate eigenvalue in the top k "
+                        "(saves about (lanczos-iters − k)/2 HVPs per λ: 45 of ~121 at the defaults)")
+    g.add_argument("--dtype", choices=("float32", "float64"), default=d.dtype)
+    g.add_argument("--precision", choices=("highest", "high", "default"), default=d.precision,
+                   help="matmul precision of every forward pass, HVP and reorthogonalisation")
+    g = p.add_argument_group("extras (written per λ, into the store and Model-ID.csv; see python -m hessjax.report)")
+    g.add_argument("--trace", action="store_true", help="Hutchinson estimate of tr ∇²L_eff with its standard error")
+    g.add_argument("--trace-probes", type=_positive_int, default=d.trace_probes, help="Rademacher probes")
+    g.add_argument("--density", action="store_true", help="spectral density by stochastic Lanczos quadrature")
+    g.add_argument("--density-probes", type=_positive_int, default=d.density_probes)
+    g.add_argument("--density-iters", type=_positive_int, default=d.density_iters, help="Lanczos steps per probe")
+    g.add_argument("--bottom-k", type=_nonneg_int, default=d.bottom_k,
+                   help="also the k smallest eigenvalues (where L_eff turns locally convex)")
+    g = p.add_argument_group("scale")
+    g.add_argument("--lambda-batch", type=_positive_int, default=None,
+                   help="λ values per device in one compiled program (default: 1 on CPU, 8 on GPU/TPU)")
+    g.add_argument("--shard", default=None,
+                   help="I/N: be worker I (0-based) of N independent workers, each taking its contiguous part of "
+                        "the grid into the same --out; 'slurm' takes I and N from SLURM_ARRAY_TASK_ID/_MIN/_COUNT")
+    g.add_argument("--distributed", action="store_true",
+                   help="call jax.distributed.initialize() and shard λ over every process's devices (one "
+                        "program: if a process dies, all stop; see --shard for independent workers)")
+    g.add_argument("--coordinator", default=None,
+                   help="with --distributed: the coordinator's HOST:PORT (default: detected from the cluster, "
+                        "e.g. Slurm)")
+    g.add_argument("--num-processes", type=_positive_int, default=None, help="with --distributed: process count")
+    g.add_argument("--process-id", type=_nonneg_int, default=None, help="with --distributed: this process's index")
+    g = p.add_argument_group("output")
+    g.add_argument("--eigenvectors", choices=("csv", "npy", "none"), default=d.eigenvectors,
+                   help="per-λ eigenvector file format; every eigenvector is always in the Zarr store")
+    g.add_argument("--overwrite", action="store_true", help="discard this id's earlier results in --out and start afresh")
+    g.add_argument("--quiet", action="store_true", help="no progress bar; one log line per λ batch")
+    g.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    return p

@@ -1,0 +1,315 @@
+"""Running a sweep's batches: the compiled programs on the devices, the λ loop, and the refinement rounds.
+
+For each run id (one per seed) :func:`execute_run` opens the run under its lock (configuration check,
+manifest, store template with the whole grid), then loops over batches: the device trains and analyses
+batch ``b + 1`` while the writer thread writes batch ``b`` (:class:`hessjax.sweep.write.BatchWriter`).
+With ``--refine`` it then asks :func:`hessjax.refine.next_lambdas` for new λ where the chosen
+indicator changes most and runs them as ordinary λ of the run, until the budget is spent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+
+import numpy as np
+
+from .. import engine, refine, results
+from .write import BatchWriter, store_extras, write_lambda
+
+__all__ = ["Compute", "RunContext", "execute_run", "unconverged_pairs", "unconverged_warning"]
+
+
+@dataclasses.dataclass
+class RunContext:
+    """One run id of a sweep: what its writer needs to know."""
+
+    config: object  # SweepConfig
+    inputs: object  # plan.Inputs
+    run_id: str
+    seed: int
+    anchor_io: object  # hessjax.bridges.anchor
+    names: np.ndarray  # [P] parameter names, PyTorch flat order
+    devices: list
+
+    @property
+    def out(self):
+        return self.inputs.out
+
+    @property
+    def anchor(self):
+        return self.inputs.anchor
+
+    @property
+    def fingerprint(self) -> dict:
+        return self.config.fingerprint() | {"seed": self.seed, "anchor": str(self.inputs.anchor_path),
+                                            "run_id": self.run_id}
+
+
+def _precision(name: str):
+    from jax import lax
+
+    return {"highest": lax.Precision.HIGHEST, "high": lax.Precision.HIGH, "default": lax.Precision.DEFAULT}[name]
+
+
+class Compute:
+    """The compiled programs and the replicated inputs of a sweep, built once and used for every
+    batch of every seed (the seed enters the programs as a traced argument, so nothing recompiles)."""
+
+    def __init__(self, config, inputs, devices, per_device: int):
+        import jax
+        import jax.numpy as jnp
+
+        from ..hvp import chunk_data
+        from ..training import TrainConfig
+
+        self.config, self.inputs = config, inputs
+        self.dtype = jnp.dtype(config.dtype)
+        train_cfg = TrainConfig(config.lr, config.batch_size, config.max_epochs, config.patience, config.min_delta)
+        spectrum = engine.SpectrumConfig(config.k, config.lanczos_iters, config.tol, config.max_restarts,
+                                         config.trace_probes if config.trace else 0,
+                                         config.density_probes if config.density else 0, config.density_iters,
+                                         config.bottom_k, config.multiplicity_check)
+        self.programs = engine.Programs(engine.lambda_mesh(devices), train_cfg, spectrum,
+                                        precision=_precision(config.precision))
+        self.global_batch = per_device * len(devices)
+        data, n_hess, dtype = inputs.data, inputs.n_hess, self.dtype
+        rep = self.programs.put_replicated
+        x_train = np.asarray(data.x_train, dtype)
+        self.x, self.y = rep(x_train), rep(data.y_train)
+        self.train = rep(chunk_data(x_train, data.y_train, config.chunk_size))
+        self.test = rep(chunk_data(np.asarray(data.x_test, dtype), data.y_test, config.chunk_size))
+        self.hess = rep(chunk_data(x_train[:n_hess], data.y_train[:n_hess], config.chunk_size))
+        self.anchor_params = jax.tree_util.tree_map(lambda t: np.asarray(t, dtype), inputs.anchor.params)
+        self.anchor_dev = rep(self.anchor_params)
+
+    def start(self, seed: int):
+        """The replicated starting weights of every λ of seed ``seed``."""
+        import jax
+
+        from ..training import initial_params
+
+        if self.config.init == "anchor":
+            return self.anchor_dev
+        return self.programs.put_replicated(
+            jax.tree_util.tree_map(np.asarray, initial_params(seed, self.inputs.anchor.sizes, self.dtype)))
+
+    def batch(self, lams: list[float], seed: int, start, on_epoch=None):
+        """Dispatch training and analysis of one batch (padded with repeats to the global batch size);
+        returns ``(states, analysis)`` as device arrays, still computing."""
+        padded = lams + [lams[-1]] * (self.global_batch - len(lams))  # repeats; their results are dropped
+        p = self.programs
+        lam_arr = p.put_split(np.asarray(padded, self.dtype))
+        keys = p.put_split(engine.lambda_keys(seed, padded))
+        states = engine.train_batch(p, start, self.anchor_dev, lam_arr, self.x, self.y, self.train, seed,
+                                    self.config.max_epochs, on_epoch)
+        analysis = p.analyze(states.best_params, self.anchor_dev, lam_arr, keys, self.train, self.test, self.hess,
+                             p.put_replicated(engine.probe_key(seed)))
+        return states, analysis
+
+
+class _Progress:
+    """A tqdm bar over λ (updated per epoch with the current loss), or plain log lines."""
+
+    def __init__(self, total: int, quiet: bool):
+        self.quiet = quiet
+        self.bar = None
+        if not quiet and total:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, unit="λ", dynamic_ncols=True, file=sys.stderr)
+
+    def epoch(self, batch: int, epoch: int, loss: float, running: int):
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"batch {batch} epoch {epoch} L_eff {loss:.4g} running {running}")
+
+    def add(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.total += n
+            self.bar.refresh()
+
+    def done(self, n: int, message: str):
+        if self.bar is not None:
+            self.bar.update(n)
+        else:
+            print(message, file=sys.stderr, flush=True)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _coordinator() -> bool:
+    import jax
+
+    return jax.process_index() == 0
+
+
+def _write_manifest(ctx) -> None:
+    results.write_manifest(ctx.out, ctx.run_id, ctx.fingerprint, anchor_sha256=ctx.anchor.sha256,
+                           devices=[str(d) for d in ctx.devices], matmul_precision=ctx.config.precision)
+
+
+def open_run(ctx, all_lams) -> "results.SweepStore":
+    """Check the configuration against earlier results, write the manifest and create (or extend) the
+    store with every λ of the grid — under the run's lock, so that the first of several workers creates
+    the template and the others find it; with ``--distributed`` the coordinating process does it."""
+    import jax
+
+    config, out, run_id, anchor = ctx.config, ctx.out, ctx.run_id, ctx.anchor
+    if _coordinator():
+        with results.run_lock(out, run_id):
+            results.check_config(out, run_id, ctx.fingerprint, overwrite=config.overwrite,
+                                 anchor_sha256=anchor.sha256)
+            _write_manifest(ctx)
+            results.SweepStore.create(
+                results.store_path(out, run_id), all_lams, n_params=anchor.num_params, k=config.k,
+                attrs={"run_id": run_id, "seed": ctx.seed, "parameter_keys": [k for pair in anchor.keys for k in pair]},
+                extras=store_extras(config))
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(f"hessjax store ready {run_id}")
+    return results.SweepStore(results.store_path(out, run_id))
+
+
+def _write_job(ctx, store, lams, states, analysis, t0, report, progress):
+    """The writer's job for one batch: fetch the rows this process holds, write each λ, rebuild the
+    run's tables under its lock, and note the batch in ``report``."""
+
+    def job():
+        rows_a = engine.local_rows(analysis)  # blocks until the batch is computed
+        t_done = time.perf_counter()
+        rows_s = engine.local_rows(states._replace(params=(), opt_state=(), best_params=()))
+        executed = int(max(int(rows_a[i].eig.num_matvecs) for i in rows_a)) if rows_a else 0
+        seconds = (t_done - t0) / len(lams)
+        for i, lam in enumerate(lams):
+            if i not in rows_a:
+                continue  # another process holds this λ and writes it
+            rec = write_lambda(ctx, store, lam, rows_a[i], rows_s[i], seconds, executed)
+            report["finished"].append(lam)
+            if rec["diverged"]:
+                report["diverged"].append(lam)
+        with results.run_lock(ctx.out, ctx.run_id):
+            results.write_model_csv(ctx.out, ctx.run_id)
+            if _coordinator():
+                _write_manifest(ctx)
+        report["batches"].append({"lambdas": list(lams), "compute_s": t_done - t0,
+                                  "write_s": time.perf_counter() - t_done,
+                                  "own_matvecs": [int(rows_a[i].eig.num_matvecs) for i in sorted(rows_a)
+                                                  if i < len(lams)],
+                                  "batch_matvecs": executed})
+        progress.done(len(lams), f"λ {results.lambda_label(lams[0])}…{results.lambda_label(lams[-1])} done "
+                                 f"({seconds:.1f} s per λ)")
+
+    return job
+
+
+def _run_batches(ctx, compute, store, todo, writer, progress, report, start) -> None:
+    """Every batch of ``todo``: dispatch it, hand it to the writer, go on with the next."""
+    size = compute.global_batch
+    batches = [todo[i: i + size] for i in range(0, len(todo), size)]
+    for lams in batches:
+        t0 = time.perf_counter()
+        b = len(report["batches"]) + len(report["blocked"]) + 1
+
+        def on_epoch(epoch, states, b=b, n=len(lams)):
+            if not ctx.config.quiet:
+                loss = engine.gather(states.loss)[:n]
+                running = int((~engine.gather(states.stopped)[:n]).sum())
+                progress.epoch(b, epoch, float(np.nanmean(loss)), running)
+
+        states, analysis = compute.batch(lams, ctx.seed, start, on_epoch)
+        for leaf in _leaves(analysis):  # start the device-to-host copies now
+            leaf.copy_to_host_async()
+        blocked = writer.submit(_write_job(ctx, store, lams, states, analysis, t0, report, progress))
+        report["blocked"].append({"lambdas": list(lams), "blocked_s": blocked, "wall_s": time.perf_counter() - t0})
+
+
+def _leaves(tree):
+    import jax
+
+    return [leaf for leaf in jax.tree_util.tree_leaves(tree) if hasattr(leaf, "copy_to_host_async")]
+
+
+def _indicator_changes(ctx, store, lams: list[float]) -> np.ndarray:
+    """The refinement indicator's change across each interval of the finished ``lams`` (ascending)."""
+    records = results.finished_lambdas(ctx.out, ctx.run_id)
+    kind = ctx.config.refine
+    if kind == "distance":
+        return refine.indicator_changes(kind, [records[v]["distance_to_anchor"] for v in lams])
+    if kind == "mu1":
+        return refine.indicator_changes(kind, [(records[v].get("data_eigenvalues") or [np.nan])[0] for v in lams])
+    changes, previous = [], None  # overlap: two λ's eigenvectors at a time
+    for i, lam in enumerate(lams):
+        current = None if records[lam]["diverged"] else store.eigenvectors(lam).astype(np.float64)
+        if i:
+            changes.append(refine.indicator_changes(kind, [previous, current])[0])
+        previous = current
+    return np.asarray(changes, np.float64)
+
+
+def _refine(ctx, compute, store, writer, progress, report, start) -> list[float]:
+    """Rounds of refinement until the budget is spent or nothing is left to refine; the λ added."""
+    config = ctx.config
+    added: list[float] = []
+    while len(added) < config.refine_budget:
+        writer.drain()  # the indicator needs every finished λ
+        finished = results.finished_lambdas(ctx.out, ctx.run_id)
+        lams = sorted(finished)
+        if len(lams) < 2:
+            break
+        changes = _indicator_changes(ctx, store, lams)
+        new = refine.next_lambdas(lams, changes, count=min(compute.global_batch, config.refine_budget - len(added)),
+                                  resolution=config.refine_resolution, threshold=config.refine_threshold)
+        new = [results.round_lambda(v) for v in new if results.round_lambda(v) not in finished]
+        if not new:
+            break
+        with results.run_lock(ctx.out, ctx.run_id):
+            store.ensure_lambdas(new)
+        progress.add(len(new))
+        _run_batches(ctx, compute, store, new, writer, progress, report, start)
+        added.extend(new)
+    return added
+
+
+def execute_run(ctx, compute, todo: list[float], all_lams) -> dict:
+    """One run id: open it, run ``todo`` (then the refinement rounds), and report what happened."""
+    store = open_run(ctx, all_lams)
+    progress = _Progress(len(todo), ctx.config.quiet)
+    report = {"finished": [], "diverged": [], "batches": [], "blocked": []}
+    writer = BatchWriter(overlap=ctx.config.overlap_writes)
+    start = compute.start(ctx.seed)
+    try:
+        _run_batches(ctx, compute, store, todo, writer, progress, report, start)
+        refined = _refine(ctx, compute, store, writer, progress, report, start) if ctx.config.refine else []
+        writer.drain()
+    finally:
+        progress.close()
+        writer.close()
+    grid = set(all_lams) | set(refined)
+    return {"run_id": ctx.run_id, "finished": sorted(report["finished"]), "diverged": sorted(report["diverged"]),
+            "refined": sorted(refined), "store": str(results.store_path(ctx.out, ctx.run_id)),
+            "batches": report["batches"], "blocked": report["blocked"],
+            "unconverged": unconverged_pairs(results.finished_lambdas(ctx.out, ctx.run_id), grid)}
+
+
+def unconverged_pairs(records, lams) -> dict[float, int]:
+    """``{λ: number of top-k pairs that missed the tolerance}`` over the finished, non-diverged λ of ``lams``."""
+    wanted = {results.round_lambda(v) for v in lams}
+    missed = {}
+    for lam, rec in records.items():
+        flags = rec.get("eig_converged", [])
+        if lam in wanted and not rec.get("diverged") and not all(flags):
+            missed[lam] = len(flags) - int(sum(bool(f) for f in flags))
+    return missed
+
+
+def unconverged_warning(missed: dict[float, int], k: int, run_id: str) -> str | None:
+    """The one warning line naming every λ with unconverged pairs, or ``None``."""
+    if not missed:
+        return None
+    shown = ", ".join(f"{results.lambda_label(lam)} ({n} of {k})" for lam, n in sorted(missed.items()))
+    return (f"warning: run {run_id}: unconverged eigenpairs at λ = {shown}; they are flagged converged=False in "
+            "Hessian-eigenvalue-certificates-*.csv, the records and the store")

@@ -1,0 +1,178 @@
+"""What a sweep will do, decided before any work: its inputs checked and loaded, the seeds and run ids,
+this worker's part of the grid, the λ batches, and the ``--dry-run`` plan."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+from .. import results
+from ..anchors import default_anchor_path
+from ..results import UsageError
+
+__all__ = ["Inputs", "default_lambda_batch", "load_inputs", "parse_seeds", "parse_shard", "print_plan", "shard_part"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Inputs:
+    """The checked inputs of a sweep, shared by every seed (run id) it runs."""
+
+    lams: np.ndarray  # [n] the grid, float64, as given
+    anchor: object  # hessjax.bridges.Anchor (numpy params)
+    anchor_path: Path
+    data: object  # hessjax.mnist.MNIST
+    n_hess: int
+    out: Path
+    seeds: tuple[int, ...]
+    several_seeds: bool  # --seeds was given: every seed is its own run id ID-seedS
+    base_id: str
+    shard: tuple[int, int] | None  # (I, N): this worker's part of the grid, or None for all of it
+
+    def run_id(self, seed: int) -> str:
+        """``ID`` for a single ``--seed``, ``ID-seedS`` for each of ``--seeds``."""
+        return f"{self.base_id}-seed{seed}" if self.several_seeds else self.base_id
+
+
+def parse_seeds(spec: str | None, seed: int) -> tuple[tuple[int, ...], bool]:
+    """``--seeds`` (a comma list, or ``START:STOP`` with STOP excluded) → (seeds, several); ``None`` → (seed,)."""
+    if spec is None:
+        return (int(seed),), False
+    text = str(spec).strip()
+    try:
+        if re.fullmatch(r"\d+:\d+", text):
+            lo, hi = (int(v) for v in text.split(":"))
+            seeds = tuple(range(lo, hi))
+        else:
+            seeds = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise UsageError(f"--seeds {spec!r}: expected a comma list of non-negative integers or START:STOP") from None
+    if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise UsageError(f"--seeds {spec!r}: expected distinct non-negative integers, at least one")
+    return seeds, True
+
+
+def parse_shard(spec: str | None, environ=os.environ) -> tuple[int, int] | None:
+    """``--shard I/N`` (0 ≤ I < N) or ``slurm`` (``SLURM_ARRAY_TASK_ID − SLURM_ARRAY_TASK_MIN`` of
+    ``SLURM_ARRAY_TASK_COUNT``) → ``(I, N)``; ``None`` → ``None``."""
+    if spec is None:
+        return None
+    if spec == "slurm":
+        try:
+            task = int(environ["SLURM_ARRAY_TASK_ID"]) - int(environ.get("SLURM_ARRAY_TASK_MIN", "0"))
+            count = int(environ["SLURM_ARRAY_TASK_COUNT"])
+        except (KeyError, ValueError):
+            raise UsageError("--shard slurm: SLURM_ARRAY_TASK_ID and SLURM_ARRAY_TASK_COUNT are not set "
+                             "(run it as a Slurm array job, or give --shard I/N)") from None
+        index, total = task, count
+    else:
+        m = re.fullmatch(r"(\d+)/(\d+)", str(spec).strip())
+        if not m:
+            raise UsageError(f"--shard {spec!r}: expected I/N (worker I of N, 0-based) or 'slurm'")
+        index, total = int(m.group(1)), int(m.group(2))
+    if not 0 <= index < total:
+        raise UsageError(f"--shard {spec!r}: need 0 <= I < N, got I={index}, N={total}")
+    return index, total
+
+
+def shard_part(lams, shard: tuple[int, int] | None) -> list[float]:
+    """This worker's contiguous part of the sorted grid (worker ``I`` of ``N`` takes the ``I``-th of
+    ``N`` near-equal runs; every λ belongs to exactly one worker)."""
+    ordered = sorted(float(v) for v in lams)
+    if shard is None:
+        return ordered
+    index, total = shard
+    n = len(ordered)
+    return ordered[index * n // total: (index + 1) * n // total]
+
+
+def default_lambda_batch(platform_name: str) -> int:
+    """λ per device: 1 on a CPU (a vmapped batch there runs no faster than a loop: XLA:CPU parallelises
+    each matmul, not the batch), 8 on accelerators, which one 784-128-128-10 MLP underfills."""
+    return 1 if platform_name == "cpu" else 8
+
+
+def load_inputs(config, jax) -> Inputs:
+    """Check every setting and load the anchor and the data; :class:`UsageError` (or the loaders'
+    ``DataError``/``AnchorError``) before any work."""
+    from ..bridges import anchor as anchor_io
+    from ..mnist import load_mnist
+
+    lams = results.parse_lambdas(config.lambdas)
+    if config.eigenvectors not in results.EIGVEC_FORMATS:
+        raise UsageError(f"--eigenvectors must be csv, npy or none, got {config.eigenvectors!r}")
+    if config.init not in ("random", "anchor"):
+        raise UsageError(f"--init must be random or anchor, got {config.init!r}")
+    seeds, many = parse_seeds(config.seeds, config.seed)
+    shard = parse_shard(config.shard)
+    if shard is not None and config.distributed:
+        raise UsageError("--shard makes independent workers; --distributed makes one program of several "
+                         "processes: use one or the other")
+    if config.refine and (shard is not None or config.distributed):
+        raise UsageError("--refine decides from every finished λ, so it runs in one process: finish the "
+                         "shards first, then rerun the grid with --refine into the same --out")
+    anchor_path = Path(config.anchor) if config.anchor else default_anchor_path()
+    with jax.enable_x64(True):  # a float64 anchor is read exactly, then cast to --dtype later
+        anchor = anchor_io.load_anchor(anchor_path)
+        anchor = anchor._replace(params=jax.tree_util.tree_map(np.asarray, anchor.params))
+    base_id = config.run_id or anchor_path.stem
+    results.check_run_id(base_id)
+    if config.tfds_dir and config.data_dir:
+        raise UsageError("give either --data-dir (IDX files) or --tfds-dir (a prepared tfds directory)")
+    data = load_mnist(config.tfds_dir or config.data_dir, train_samples=config.train_samples,
+                      test_samples=config.test_samples, source="tfds" if config.tfds_dir else "idx")
+    n_train = data.x_train.shape[0]
+    n_hess = config.hessian_samples or n_train
+    if n_hess > n_train:
+        raise UsageError(f"--hessian-samples {n_hess} exceeds the {n_train} training samples (it takes the first N)")
+    if config.k > anchor.num_params:
+        raise UsageError(f"--k {config.k} exceeds the number of parameters {anchor.num_params}")
+    out = Path(config.out)
+    if not config.dry_run:
+        results.check_writable(out)
+    return Inputs(lams, anchor, anchor_path, data, n_hess, out, seeds, many, base_id, shard)
+
+
+def print_plan(config, inputs: Inputs, run_id: str, todo, batches, devices, per_device) -> None:
+    """The ``--dry-run`` summary: grid, devices, batches, data, settings, and estimates of time and disk."""
+    anchor, lams = inputs.anchor, inputs.lams
+    n_train, n_test, n_hess = inputs.data.x_train.shape[0], inputs.data.x_test.shape[0], inputs.n_hess
+    k, P = config.k, anchor.num_params
+    m = config.lanczos_iters or min(P, max(2 * k + 20, 4 * k))
+    flops_fwd = 2 * sum(a * b for a, b in zip(anchor.sizes[:-1], anchor.sizes[1:]))  # per sample
+    epochs = min(config.max_epochs, 40)  # a typical plateau; the cap bounds it
+    train_flops = epochs * n_train * flops_fwd * 4  # forward + backward per step, and the epoch's L_eff
+    # first pass (often stops early; here counted whole) and locking pass; residuals cost no products
+    hvps = m + ((m - k + 1) // 2 if config.multiplicity_check else 0)
+    lanczos_flops = hvps * (2.6 * n_hess * flops_fwd + 4 * (m + 9) * P)  # R-operator + Gram–Schmidt
+    # rough sustained rates on a 2-core CPU (a 60,000-sample epoch takes ~1 s; the HVP rate is in
+    # benchmarks/RESULTS.md); an accelerator's are a guess, not a measurement
+    train_rate, hvp_rate = (50e9, 120e9) if devices[0].platform == "cpu" else (5e12, 20e12)
+    per_lambda = train_flops / train_rate + lanczos_flops / hvp_rate
+    bytes_per_lambda = P * 4 + P * 26 + k * 120 + (P * k * 16 if config.eigenvectors == "csv" else
+                                                    P * k * 4 if config.eigenvectors == "npy" else 0)
+    bytes_store = P * k * 4 + 2 * P * 4
+    part = "" if inputs.shard is None else f" (worker {inputs.shard[0]} of {inputs.shard[1]}: its part)"
+    lines = [
+        f"run id        {run_id}" + (f"  (and {len(inputs.seeds) - 1} more seeds)" if len(inputs.seeds) > 1 else ""),
+        f"anchor        {inputs.anchor_path}  (chain {'-'.join(map(str, anchor.sizes))}, P={P:,})",
+        f"λ grid        {len(lams)} values in [{min(lams):g}, {max(lams):g}]{part}; {len(todo)} to run",
+        f"devices       {len(devices)} × {devices[0].platform} ({devices[0].device_kind}); {per_device} λ per device, "
+        f"{len(batches)} batches of up to {per_device * len(devices)}",
+        f"data          {n_train:,} train / {n_test:,} test / {n_hess:,} Hessian samples",
+        f"training      Adam lr={config.lr} batch {config.batch_size}, ≤{config.max_epochs} epochs, "
+        f"patience {config.patience}, min-delta {config.min_delta}, init {config.init}",
+        f"spectrum      top {k} of the data Hessian (θ = μ + 2λ written in float64), Krylov basis {m}, "
+        f"tol {config.tol}·|μ₁|, {config.dtype}, precision {config.precision}",
+        f"estimate      ~{per_lambda:.0f} s per λ (assuming ~{epochs} epochs), ~{per_lambda * len(todo) / 3600:.1f} h "
+        f"for the {len(todo)} to run",
+        f"disk          ~{bytes_per_lambda * len(todo) / 1e9:.2f} GB of per-λ files "
+        f"(eigenvectors {config.eigenvectors}) + ~{bytes_store * len(todo) / 1e9:.2f} GB in the Zarr store",
+    ]
+    if config.refine:
+        lines.append(f"refinement    by {config.refine}: up to {config.refine_budget} more λ, resolution "
+                     f"{config.refine_resolution}, threshold {config.refine_threshold}")
+    print("\n".join(lines))
