@@ -254,8 +254,8 @@ def problem_npz(samples: int, path: Path) -> Path:
     """The anchor's float32 weights and the first ``samples`` MNIST training samples, in one ``.npz``
     (children read it without importing torch or the anchor loader)."""
     from hessjax import load_mnist
+    from hessjax.anchors import default_anchor_path
     from hessjax.bridges import load_anchor
-    from hessjax.sweep import default_anchor_path
 
     anchor = load_anchor(default_anchor_path())
     data = load_mnist(train_samples=samples)

@@ -20,6 +20,8 @@ from typing import Sequence
 
 import numpy as np
 
+from .anchors import default_anchor_path
+
 DEFAULT_LAMBDAS = "0:0.1:501"
 
 
@@ -302,13 +304,6 @@ def _enable_compilation_cache(jax) -> None:
         return
     jax.config.update("jax_compilation_cache_dir", where)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-
-
-def default_anchor_path() -> Path:
-    """The shipped default anchor (package data, so it is there in an installed hessjax too)."""
-    from importlib import resources
-
-    return Path(str(resources.files("hessjax.anchors") / "default.pth"))
 
 
 def _precision(name: str):
