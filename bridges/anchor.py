@@ -27,6 +27,9 @@ Flat vectors (gradients, eigenvectors) are in hessjax order, ``ravel_pytree(para
 ``[out, in]`` row-major, then the bias ``[out]``. (For a module that registers its layers out of
 forward order, which is accepted when the shapes fix the order, its own ``parameters()`` order differs
 from this chain order; state dicts written here are keyed, so loading them is unaffected.)
+
+The array conversions (:func:`tensor_to_numpy`, :func:`numpy_to_tensor`, :func:`as_numpy`,
+:func:`to_jax`) are bit-exact, bfloat16 included; :mod:`hessjax.bridges.torch_ref` uses them too.
 """
 
 from __future__ import annotations
@@ -56,13 +59,17 @@ __all__ = [
     "Anchor",
     "AnchorError",
     "anchor_from_state_dict",
+    "as_numpy",
     "flat_to_state_dict",
     "load_anchor",
     "main",
+    "numpy_to_tensor",
     "parameter_names",
     "params_to_state_dict",
     "save_state_dict",
     "state_dict_to_params",
+    "tensor_to_numpy",
+    "to_jax",
 ]
 
 N_INPUTS = 784
@@ -103,7 +110,7 @@ class Anchor(NamedTuple):
 # --------------------------------------------------------------------------- tensor conversion
 
 
-def _tensor_to_numpy(t: torch.Tensor) -> np.ndarray:
+def tensor_to_numpy(t: torch.Tensor) -> np.ndarray:
     """A bit-exact numpy copy of a CPU tensor (bfloat16 via ``ml_dtypes``)."""
     t = t.detach().cpu().contiguous()
     if t.dtype == torch.bfloat16:
@@ -111,7 +118,7 @@ def _tensor_to_numpy(t: torch.Tensor) -> np.ndarray:
     return t.numpy().copy()
 
 
-def _numpy_to_tensor(a: np.ndarray) -> torch.Tensor:
+def numpy_to_tensor(a: np.ndarray) -> torch.Tensor:
     """A bit-exact, writable torch copy of a numpy array (bfloat16 via ``ml_dtypes``)."""
     a = np.array(a, copy=True, order="C")
     if a.dtype == ml_dtypes.bfloat16:
@@ -125,14 +132,17 @@ def _numpy_dtype(dtype: torch.dtype) -> np.dtype:
     return torch.empty((), dtype=dtype).numpy().dtype
 
 
-def _as_numpy(x) -> np.ndarray:
-    """A numpy view of a torch tensor, jax array or array-like."""
+def as_numpy(x) -> np.ndarray:
+    """A numpy array of a torch tensor (a bit-exact copy, :func:`tensor_to_numpy`), or of a jax array
+    or array-like (``np.asarray``: a view where it can be)."""
     if isinstance(x, torch.Tensor):
-        return _tensor_to_numpy(x)
+        return tensor_to_numpy(x)
     return np.asarray(x)
 
 
-def _to_jax(a: np.ndarray, where: str) -> jax.Array:
+def to_jax(a: np.ndarray, where: str) -> jax.Array:
+    """``jnp.asarray(a)``, refusing float64 values while ``jax_enable_x64`` is off (JAX would round
+    them to float32 silently) with an :class:`AnchorError` whose message starts with ``where``."""
     if a.dtype == np.float64 and not jax.config.jax_enable_x64:
         raise AnchorError(
             f"{where}: float64 values but jax_enable_x64 is off, so JAX would silently round them "
@@ -289,7 +299,7 @@ def anchor_from_state_dict(state_dict: Mapping, *, path: str = "<state dict>", s
                 raise AnchorError(f"{where}: key {key!r} {_shape(t)} has {n_nan} NaN and {n_inf} Inf values; "
                                   "an anchor must be finite")
 
-    params = tuple((_to_jax(_tensor_to_numpy(w), where), _to_jax(_tensor_to_numpy(b), where))
+    params = tuple((to_jax(tensor_to_numpy(w), where), to_jax(tensor_to_numpy(b), where))
                    for *_, w, b in layers)
     return Anchor(
         params=params,
@@ -416,8 +426,8 @@ def params_to_state_dict(params: Params, anchor: Anchor, *, dtype: torch.dtype |
     np_dtype = _numpy_dtype(anchor.dtype if dtype is None else dtype)
     by_key = {}
     for (w, b), (wkey, bkey) in zip(params, anchor.keys):
-        by_key[wkey] = _numpy_to_tensor(_as_numpy(w).astype(np_dtype, copy=False))
-        by_key[bkey] = _numpy_to_tensor(_as_numpy(b).astype(np_dtype, copy=False))
+        by_key[wkey] = numpy_to_tensor(as_numpy(w).astype(np_dtype, copy=False))
+        by_key[bkey] = numpy_to_tensor(as_numpy(b).astype(np_dtype, copy=False))
     return collections.OrderedDict((k, by_key[k]) for k in anchor.state_dict_keys)
 
 
@@ -439,7 +449,7 @@ def state_dict_to_params(state_dict: Mapping, anchor: Anchor) -> Params:
                                   f"(found {getattr(t, 'dtype', type(t).__name__)})")
             if tuple(t.shape) != tuple(a.shape):
                 raise AnchorError(f"state dict: key {key!r} has shape {_shape(t)}, expected {_shape(a)}")
-            pair.append(_to_jax(_tensor_to_numpy(t), "state dict"))
+            pair.append(to_jax(tensor_to_numpy(t), "state dict"))
         params.append(tuple(pair))
     return tuple(params)
 
@@ -489,7 +499,7 @@ def flat_to_state_dict(vector, anchor: Anchor):
     (a gradient, an eigenvector) cut into tensors shaped like the anchor's, under its keys and in its
     key order. The vector's own dtype is kept (a float64 eigenvector stays float64); the inverse of
     ``ravel_pytree(params)[0]`` bit for bit. Accepts a torch tensor, a jax or a numpy array."""
-    v = _as_numpy(vector)
+    v = as_numpy(vector)
     p = anchor.num_params
     if v.shape != (p,):
         raise ValueError(f"vector has shape {list(v.shape)}, expected [{p}] for the anchor {anchor.path}")
@@ -497,7 +507,7 @@ def flat_to_state_dict(vector, anchor: Anchor):
     for (w, b), (wkey, bkey) in zip(anchor.params, anchor.keys):
         for key, shape in ((wkey, w.shape), (bkey, b.shape)):
             stop = start + int(np.prod(shape))
-            by_key[key] = _numpy_to_tensor(v[start:stop].reshape(shape))
+            by_key[key] = numpy_to_tensor(v[start:stop].reshape(shape))
             start = stop
     return collections.OrderedDict((k, by_key[k]) for k in anchor.state_dict_keys)
 
