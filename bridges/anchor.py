@@ -55,22 +55,10 @@ import torch
 
 from hessjax.model import Params
 
-__all__ = [
-    "Anchor",
-    "AnchorError",
-    "anchor_from_state_dict",
-    "as_numpy",
-    "flat_to_state_dict",
-    "load_anchor",
-    "main",
-    "numpy_to_tensor",
-    "parameter_names",
-    "params_to_state_dict",
-    "save_state_dict",
-    "state_dict_to_params",
-    "tensor_to_numpy",
-    "to_jax",
-]
+from . import _EXPORTS
+
+# the names hessjax.bridges re-exports (listed in its _EXPORTS), then the array conversions and the CLI
+__all__ = [*_EXPORTS["anchor"], "as_numpy", "numpy_to_tensor", "tensor_to_numpy", "to_jax", "main"]
 
 N_INPUTS = 784
 N_CLASSES = 10

@@ -32,20 +32,10 @@ from torch.nn.utils import parameters_to_vector
 
 from hessjax.model import DEFAULT_SIZES, Params, layer_sizes
 
+from . import _EXPORTS
 from .anchor import as_numpy, numpy_to_tensor, tensor_to_numpy, to_jax
 
-__all__ = [
-    "EigshResult",
-    "TorchHVP",
-    "TorchMLP",
-    "effective_loss_torch",
-    "fix_signs",
-    "grad_torch",
-    "hvp_torch",
-    "jax_params_from_torch",
-    "top_k_eigsh",
-    "torch_params_from_jax",
-]
+__all__ = list(_EXPORTS["torch_ref"])
 
 
 # --------------------------------------------------------------------------- model and parameters
