@@ -1,4 +1,5 @@
-"""The anchors shipped with hessjax (package data): ``default.pth``, see ``README.md`` beside it."""
+"""hessjax.anchors: the anchors shipped with hessjax, as package data (``README.md`` here says how
+``default.pth`` was made). Read one with :func:`hessjax.bridges.load_anchor`."""
 
 from __future__ import annotations
 

@@ -13,10 +13,13 @@
   JSON line on stdout.
 * :func:`reset_peak_rss` / :func:`peak_rss_mb` — the peak resident set size of a phase of a
   process (``/proc/self/clear_refs`` ``5`` resets ``VmHWM``; Linux).
+* :class:`Worker` / :func:`serve` — a persistent benchmark process answering JSON requests, and
+  :func:`add_worker_arguments`, the hidden options by which a script starts itself as one.
 """
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import importlib.metadata
 import json
@@ -254,8 +257,8 @@ def problem_npz(samples: int, path: Path) -> Path:
     """The anchor's float32 weights and the first ``samples`` MNIST training samples, in one ``.npz``
     (children read it without importing torch or the anchor loader)."""
     from hessjax import load_mnist
+    from hessjax.anchors import default_anchor_path
     from hessjax.bridges import load_anchor
-    from hessjax.sweep import default_anchor_path
 
     anchor = load_anchor(default_anchor_path())
     data = load_mnist(train_samples=samples)
@@ -322,6 +325,13 @@ class Worker:
                 self.proc.wait(timeout=60)
             except (OSError, subprocess.TimeoutExpired):
                 self.proc.kill()
+
+
+def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
+    """The hidden options of a script that starts itself as a :class:`Worker`: ``--worker NAME``
+    (which worker this process is) and ``--problem PATH`` (the :func:`problem_npz` file it reads)."""
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--problem", default=None, help=argparse.SUPPRESS)
 
 
 def serve(handlers: dict[str, Callable[..., dict]]) -> None:

@@ -273,8 +273,7 @@ def main(argv=None) -> int:
     p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
     p.add_argument("--cache-dir", default=str(Path(tempfile.gettempdir()) / "hessjax-bench-cache"),
                    help="where the float64 reference is kept between runs")
-    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--problem", default=None, help=argparse.SUPPRESS)
+    C.add_worker_arguments(p)
     args = p.parse_args(argv)
     if args.worker:
         worker(args)

@@ -297,8 +297,7 @@ def main(argv=None) -> int:
     p.add_argument("--no-single-thread", action="store_true",
                    help="skip the extra single-thread torch baselines (timed on CPU by default)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--problem", default=None, help=argparse.SUPPRESS)
+    C.add_worker_arguments(p)
     args = p.parse_args(argv)
     if args.child:
         child(args)

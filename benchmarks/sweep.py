@@ -44,7 +44,7 @@ def worker(args) -> None:
 
             torch.set_num_threads(1)
         from hessjax.bridges.torch_pipeline import run as torch_run
-        from hessjax.sweep import default_anchor_path
+        from hessjax.anchors import default_anchor_path
 
         def once(lambdas, out):
             torch_run(str(default_anchor_path()), out, lambdas=lambdas, quiet=True, **settings)

@@ -15,6 +15,9 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
+#: Each submodule's public names, listed once: the package re-exports them, and the submodule's
+#: ``__all__`` is built from its entry here (plus the few names it keeps to itself, such as ``main``).
+#: The ``TYPE_CHECKING`` imports below repeat them for static analysers; a test checks they agree.
 _EXPORTS = {
     "anchor": (
         "Anchor",

@@ -27,6 +27,9 @@ Flat vectors (gradients, eigenvectors) are in hessjax order, ``ravel_pytree(para
 ``[out, in]`` row-major, then the bias ``[out]``. (For a module that registers its layers out of
 forward order, which is accepted when the shapes fix the order, its own ``parameters()`` order differs
 from this chain order; state dicts written here are keyed, so loading them is unaffected.)
+
+The array conversions (:func:`tensor_to_numpy`, :func:`numpy_to_tensor`, :func:`as_numpy`,
+:func:`to_jax`) are bit-exact, bfloat16 included; :mod:`hessjax.bridges.torch_ref` uses them too.
 """
 
 from __future__ import annotations
@@ -52,18 +55,10 @@ import torch
 
 from hessjax.model import Params
 
-__all__ = [
-    "Anchor",
-    "AnchorError",
-    "anchor_from_state_dict",
-    "flat_to_state_dict",
-    "load_anchor",
-    "main",
-    "parameter_names",
-    "params_to_state_dict",
-    "save_state_dict",
-    "state_dict_to_params",
-]
+from . import _EXPORTS
+
+# the names hessjax.bridges re-exports (listed in its _EXPORTS), then the array conversions and the CLI
+__all__ = [*_EXPORTS["anchor"], "as_numpy", "numpy_to_tensor", "tensor_to_numpy", "to_jax", "main"]
 
 N_INPUTS = 784
 N_CLASSES = 10
@@ -103,7 +98,7 @@ class Anchor(NamedTuple):
 # --------------------------------------------------------------------------- tensor conversion
 
 
-def _tensor_to_numpy(t: torch.Tensor) -> np.ndarray:
+def tensor_to_numpy(t: torch.Tensor) -> np.ndarray:
     """A bit-exact numpy copy of a CPU tensor (bfloat16 via ``ml_dtypes``)."""
     t = t.detach().cpu().contiguous()
     if t.dtype == torch.bfloat16:
@@ -111,7 +106,7 @@ def _tensor_to_numpy(t: torch.Tensor) -> np.ndarray:
     return t.numpy().copy()
 
 
-def _numpy_to_tensor(a: np.ndarray) -> torch.Tensor:
+def numpy_to_tensor(a: np.ndarray) -> torch.Tensor:
     """A bit-exact, writable torch copy of a numpy array (bfloat16 via ``ml_dtypes``)."""
     a = np.array(a, copy=True, order="C")
     if a.dtype == ml_dtypes.bfloat16:
@@ -125,14 +120,17 @@ def _numpy_dtype(dtype: torch.dtype) -> np.dtype:
     return torch.empty((), dtype=dtype).numpy().dtype
 
 
-def _as_numpy(x) -> np.ndarray:
-    """A numpy view of a torch tensor, jax array or array-like."""
+def as_numpy(x) -> np.ndarray:
+    """A numpy array of a torch tensor (a bit-exact copy, :func:`tensor_to_numpy`), or of a jax array
+    or array-like (``np.asarray``: a view where it can be)."""
     if isinstance(x, torch.Tensor):
-        return _tensor_to_numpy(x)
+        return tensor_to_numpy(x)
     return np.asarray(x)
 
 
-def _to_jax(a: np.ndarray, where: str) -> jax.Array:
+def to_jax(a: np.ndarray, where: str) -> jax.Array:
+    """``jnp.asarray(a)``, refusing float64 values while ``jax_enable_x64`` is off (JAX would round
+    them to float32 silently) with an :class:`AnchorError` whose message starts with ``where``."""
     if a.dtype == np.float64 and not jax.config.jax_enable_x64:
         raise AnchorError(
             f"{where}: float64 values but jax_enable_x64 is off, so JAX would silently round them "
@@ -193,6 +191,16 @@ def _chain_orders(shapes: list[tuple[int, int]], n_inputs: int, n_classes: int, 
     return found
 
 
+class _Layer(NamedTuple):
+    """One ``Linear`` of a state dict: its module path, its two keys and its tensors."""
+
+    module: str  # e.g. "module.fc1" ("" for bare "weight" / "bias" keys)
+    wkey: str
+    bkey: str
+    weight: torch.Tensor  # [out, in]
+    bias: torch.Tensor  # [out]
+
+
 def anchor_from_state_dict(state_dict: Mapping, *, path: str = "<state dict>", sha256: str = "",
                            container: str | None = None, sizes: Sequence[int] | None = None,
                            n_inputs: int = N_INPUTS, n_classes: int = N_CLASSES) -> Anchor:
@@ -202,49 +210,87 @@ def anchor_from_state_dict(state_dict: Mapping, *, path: str = "<state dict>", s
     labels the messages. With ``sizes`` given, the chain must be exactly that; otherwise it runs from
     ``n_inputs`` to ``n_classes`` through whatever hidden widths the anchor has.
     """
+    sizes, n_inputs, n_classes = _chain_ends(sizes, n_inputs, n_classes)
+    where = path if container is None else f"{path} [{container!r}]"
+    _check_state_dict(state_dict, where, n_inputs, n_classes)
+    modules, dtype = _tensors_by_module(state_dict, where)
+    layers = _chain_order(_pair_layers(modules, where), where, n_inputs, n_classes, sizes)
+    _check_finite(layers, where)
+    return Anchor(
+        params=tuple((to_jax(tensor_to_numpy(w), where), to_jax(tensor_to_numpy(b), where)) for *_, w, b in layers),
+        keys=tuple((layer.wkey, layer.bkey) for layer in layers),
+        sizes=_chain_sizes(_layer_shapes(layers)),
+        dtype=dtype,
+        path=path,
+        sha256=sha256,
+        prefix=_common_prefix([layer.module for layer in layers]),
+        container=container,
+        state_dict_keys=tuple(state_dict.keys()),
+    )
+
+
+def _chain_ends(sizes, n_inputs: int, n_classes: int) -> tuple[tuple[int, ...] | None, int, int]:
+    """``(sizes, n_inputs, n_classes)`` with ``sizes`` as a tuple of ints; when given, its first and
+    last widths are the chain's ends."""
     if sizes is not None:
         sizes = tuple(int(s) for s in sizes)
         if len(sizes) < 2:
             raise ValueError(f"sizes={sizes} must list at least two widths")
         n_inputs, n_classes = sizes[0], sizes[-1]
-    where = path if container is None else f"{path} [{container!r}]"
+    return sizes, n_inputs, n_classes
 
+
+def _check_state_dict(state_dict, where: str, n_inputs: int, n_classes: int) -> None:
+    """Refuse anything but a non-empty mapping."""
     if not isinstance(state_dict, Mapping):
         raise AnchorError(f"{where}: expected a state dict (a dict of tensors), found {type(state_dict).__name__}")
     if not state_dict:
         raise AnchorError(f"{where}: the state dict is empty; expected Linear weight/bias pairs "
                           f"chaining {n_inputs} -> ... -> {n_classes}")
 
-    # every entry: a dense float tensor named <module>.weight or <module>.bias, one dtype for all
+
+def _check_entry(key, value, where: str) -> tuple[str, str]:
+    """One entry must be a dense float tensor named ``<module>.weight`` or ``<module>.bias``;
+    returns ``(module, "weight" | "bias")``."""
+    if not isinstance(key, str):
+        raise AnchorError(f"{where}: key {key!r} is a {type(key).__name__}, expected a str like 'fc1.weight'")
+    if not isinstance(value, torch.Tensor):
+        raise AnchorError(f"{where}: key {key!r} holds a {type(value).__name__}, expected a tensor "
+                          "(only Linear weight/bias pairs are accepted)")
+    split = _split_key(key)
+    if split is None:
+        raise AnchorError(f"{where}: unexpected tensor {key!r} {_shape(value)}: only Linear "
+                          "'<module>.weight' / '<module>.bias' pairs are accepted")
+    if value.layout != torch.strided or value.is_quantized:
+        raise AnchorError(f"{where}: key {key!r} is a {value.layout} / quantized tensor, expected a dense one")
+    if value.dtype not in FLOAT_DTYPES:
+        raise AnchorError(f"{where}: key {key!r} has dtype {value.dtype}, expected a float dtype "
+                          f"({', '.join(str(d) for d in FLOAT_DTYPES)})")
+    return split
+
+
+def _tensors_by_module(state_dict: Mapping, where: str) -> tuple[dict[str, dict[str, torch.Tensor]], torch.dtype]:
+    """Every entry checked (:func:`_check_entry`), in key order, and grouped as
+    ``{module: {"weight": w, "bias": b}}`` (modules in order of first appearance); with the one
+    dtype that every tensor must share."""
     modules: dict[str, dict[str, torch.Tensor]] = {}
-    keys = tuple(state_dict.keys())
     dtype = first_key = None
-    for key in keys:
+    for key in state_dict.keys():
         value = state_dict[key]
-        if not isinstance(key, str):
-            raise AnchorError(f"{where}: key {key!r} is a {type(key).__name__}, expected a str like 'fc1.weight'")
-        if not isinstance(value, torch.Tensor):
-            raise AnchorError(f"{where}: key {key!r} holds a {type(value).__name__}, expected a tensor "
-                              "(only Linear weight/bias pairs are accepted)")
-        split = _split_key(key)
-        if split is None:
-            raise AnchorError(f"{where}: unexpected tensor {key!r} {_shape(value)}: only Linear "
-                              "'<module>.weight' / '<module>.bias' pairs are accepted")
-        if value.layout != torch.strided or value.is_quantized:
-            raise AnchorError(f"{where}: key {key!r} is a {value.layout} / quantized tensor, expected a dense one")
-        if value.dtype not in FLOAT_DTYPES:
-            raise AnchorError(f"{where}: key {key!r} has dtype {value.dtype}, expected a float dtype "
-                              f"({', '.join(str(d) for d in FLOAT_DTYPES)})")
+        module, leaf = _check_entry(key, value, where)
         if dtype is None:
             dtype, first_key = value.dtype, key
         elif value.dtype != dtype:
             raise AnchorError(f"{where}: key {key!r} has dtype {value.dtype} but {first_key!r} has {dtype}; "
                               "every tensor of an anchor must share one dtype")
-        module, leaf = split
         modules.setdefault(module, {})[leaf] = value
+    return modules, dtype
 
-    # pair weight with bias per module; check their shapes
-    layers = []  # (module, weight_key, bias_key, weight, bias) in key order
+
+def _pair_layers(modules: dict[str, dict[str, torch.Tensor]], where: str) -> list[_Layer]:
+    """Each module's 2-D weight with its 1-D bias of as many rows, in key order (at most
+    ``_MAX_LAYERS`` of them)."""
+    layers = []
     for module, pair in modules.items():
         wkey, bkey = (f"{module}.weight", f"{module}.bias") if module else ("weight", "bias")
         if "weight" not in pair:
@@ -258,50 +304,47 @@ def anchor_from_state_dict(state_dict: Mapping, *, path: str = "<state dict>", s
         if b.ndim != 1 or b.shape[0] != w.shape[0]:
             raise AnchorError(f"{where}: key {bkey!r} has shape {_shape(b)}, expected [{w.shape[0]}] "
                               f"(the rows of {wkey!r} {_shape(w)})")
-        layers.append((module, wkey, bkey, w, b))
+        layers.append(_Layer(module, wkey, bkey, w, b))
     if len(layers) > _MAX_LAYERS:
         raise AnchorError(f"{where}: {len(layers)} layers, more than the {_MAX_LAYERS} accepted")
+    return layers
 
-    # order the layers so that shapes chain n_inputs -> ... -> n_classes: key order if it does
-    table = ", ".join(f"{wkey!r} {_shape(w)}" for _, wkey, _, w, _ in layers)
-    shapes = [(int(w.shape[1]), int(w.shape[0])) for *_, w, _ in layers]
-    if not _chains(shapes, n_inputs, n_classes, sizes):
-        orders = [o for o in _chain_orders(shapes, n_inputs, n_classes)
-                  if sizes is None or _chain_sizes(o) == sizes]
-        if not orders:
-            expected = " -> ".join(map(str, sizes)) if sizes else f"{n_inputs} -> ... -> {n_classes}"
-            raise AnchorError(f"{where}: {_diagnose(layers, n_inputs, n_classes, sizes)}; the weights "
-                              f"[{table}] do not chain {expected} in any order (a layer missing, extra or "
-                              "of the wrong shape)")
-        dupes = sorted(s for s, c in collections.Counter(shapes).items() if c > 1)
-        if len(orders) > 1 or dupes:
-            raise AnchorError(f"{where}: the weights [{table}] do not chain in key order, and their shapes "
-                              "allow more than one order; refusing to guess")
-        by_shape = {s: layer for s, layer in zip(shapes, layers)}
-        layers = [by_shape[s] for s in orders[0]]
-        shapes = list(orders[0])
 
-    # values: finite
+def _layer_shapes(layers: Sequence[_Layer]) -> list[tuple[int, int]]:
+    """``(in, out)`` of each layer."""
+    return [(int(layer.weight.shape[1]), int(layer.weight.shape[0])) for layer in layers]
+
+
+def _chain_order(layers: list[_Layer], where: str, n_inputs: int, n_classes: int, sizes) -> list[_Layer]:
+    """The layers ordered so that their shapes chain ``n_inputs -> ... -> n_classes`` (exactly
+    ``sizes`` when given): key order if it does, otherwise the one order the shapes allow; no order,
+    or more than one, is refused."""
+    shapes = _layer_shapes(layers)
+    if _chains(shapes, n_inputs, n_classes, sizes):
+        return layers
+    table = ", ".join(f"{layer.wkey!r} {_shape(layer.weight)}" for layer in layers)
+    orders = [o for o in _chain_orders(shapes, n_inputs, n_classes) if sizes is None or _chain_sizes(o) == sizes]
+    if not orders:
+        expected = " -> ".join(map(str, sizes)) if sizes else f"{n_inputs} -> ... -> {n_classes}"
+        raise AnchorError(f"{where}: {_diagnose(layers, n_inputs, n_classes, sizes)}; the weights "
+                          f"[{table}] do not chain {expected} in any order (a layer missing, extra or "
+                          "of the wrong shape)")
+    dupes = sorted(s for s, c in collections.Counter(shapes).items() if c > 1)
+    if len(orders) > 1 or dupes:
+        raise AnchorError(f"{where}: the weights [{table}] do not chain in key order, and their shapes "
+                          "allow more than one order; refusing to guess")
+    by_shape = dict(zip(shapes, layers))
+    return [by_shape[s] for s in orders[0]]
+
+
+def _check_finite(layers: Sequence[_Layer], where: str) -> None:
+    """Refuse a NaN or Inf anywhere, naming the first tensor (chain order) that has one."""
     for _, wkey, bkey, w, b in layers:
         for key, t in ((wkey, w), (bkey, b)):
             n_nan, n_inf = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
             if n_nan or n_inf:
                 raise AnchorError(f"{where}: key {key!r} {_shape(t)} has {n_nan} NaN and {n_inf} Inf values; "
                                   "an anchor must be finite")
-
-    params = tuple((_to_jax(_tensor_to_numpy(w), where), _to_jax(_tensor_to_numpy(b), where))
-                   for *_, w, b in layers)
-    return Anchor(
-        params=params,
-        keys=tuple((wkey, bkey) for _, wkey, bkey, _, _ in layers),
-        sizes=_chain_sizes(shapes),
-        dtype=dtype,
-        path=path,
-        sha256=sha256,
-        prefix=_common_prefix([m for m, *_ in layers]),
-        container=container,
-        state_dict_keys=keys,
-    )
 
 
 def _diagnose(layers, n_inputs, n_classes, sizes) -> str:
@@ -370,17 +413,22 @@ def load_anchor(path, *, sizes: Sequence[int] | None = None, n_inputs: int = N_I
         raise AnchorError(f"{name}: not a readable torch file (truncated, corrupt or not a pickle): "
                           f"{type(exc).__name__}: {reason}") from exc
 
-    container = None
+    obj, container = _unwrap_checkpoint(obj, name)
+    return anchor_from_state_dict(obj, path=name, sha256=sha256, container=container, sizes=sizes,
+                                  n_inputs=n_inputs, n_classes=n_classes)
+
+
+def _unwrap_checkpoint(obj, name: str) -> tuple[object, str | None]:
+    """``(state dict, container key)``: the state dict a checkpoint dict holds under one of
+    ``CONTAINER_KEYS``, or ``obj`` itself and None when it holds none of them."""
     if isinstance(obj, Mapping):
         nested = [k for k in CONTAINER_KEYS if k in obj]
         if len(nested) > 1:
             raise AnchorError(f"{name}: the checkpoint holds both {nested[0]!r} and {nested[1]!r}; "
                               "refusing to guess which is the model")
         if nested:
-            container = nested[0]
-            obj = obj[container]
-    return anchor_from_state_dict(obj, path=name, sha256=sha256, container=container, sizes=sizes,
-                                  n_inputs=n_inputs, n_classes=n_classes)
+            return obj[nested[0]], nested[0]
+    return obj, None
 
 
 def _unsafe_reason(exc: Exception) -> str:
@@ -416,8 +464,8 @@ def params_to_state_dict(params: Params, anchor: Anchor, *, dtype: torch.dtype |
     np_dtype = _numpy_dtype(anchor.dtype if dtype is None else dtype)
     by_key = {}
     for (w, b), (wkey, bkey) in zip(params, anchor.keys):
-        by_key[wkey] = _numpy_to_tensor(_as_numpy(w).astype(np_dtype, copy=False))
-        by_key[bkey] = _numpy_to_tensor(_as_numpy(b).astype(np_dtype, copy=False))
+        by_key[wkey] = numpy_to_tensor(as_numpy(w).astype(np_dtype, copy=False))
+        by_key[bkey] = numpy_to_tensor(as_numpy(b).astype(np_dtype, copy=False))
     return collections.OrderedDict((k, by_key[k]) for k in anchor.state_dict_keys)
 
 
@@ -439,7 +487,7 @@ def state_dict_to_params(state_dict: Mapping, anchor: Anchor) -> Params:
                                   f"(found {getattr(t, 'dtype', type(t).__name__)})")
             if tuple(t.shape) != tuple(a.shape):
                 raise AnchorError(f"state dict: key {key!r} has shape {_shape(t)}, expected {_shape(a)}")
-            pair.append(_to_jax(_tensor_to_numpy(t), "state dict"))
+            pair.append(to_jax(tensor_to_numpy(t), "state dict"))
         params.append(tuple(pair))
     return tuple(params)
 
@@ -489,7 +537,7 @@ def flat_to_state_dict(vector, anchor: Anchor):
     (a gradient, an eigenvector) cut into tensors shaped like the anchor's, under its keys and in its
     key order. The vector's own dtype is kept (a float64 eigenvector stays float64); the inverse of
     ``ravel_pytree(params)[0]`` bit for bit. Accepts a torch tensor, a jax or a numpy array."""
-    v = _as_numpy(vector)
+    v = as_numpy(vector)
     p = anchor.num_params
     if v.shape != (p,):
         raise ValueError(f"vector has shape {list(v.shape)}, expected [{p}] for the anchor {anchor.path}")
@@ -497,7 +545,7 @@ def flat_to_state_dict(vector, anchor: Anchor):
     for (w, b), (wkey, bkey) in zip(anchor.params, anchor.keys):
         for key, shape in ((wkey, w.shape), (bkey, b.shape)):
             stop = start + int(np.prod(shape))
-            by_key[key] = _numpy_to_tensor(v[start:stop].reshape(shape))
+            by_key[key] = numpy_to_tensor(v[start:stop].reshape(shape))
             start = stop
     return collections.OrderedDict((k, by_key[k]) for k in anchor.state_dict_keys)
 

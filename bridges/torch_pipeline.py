@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from hessjax import results
+from hessjax.anchors import default_anchor_path
 from hessjax.mnist import DataError, load_mnist
 from hessjax.training import epoch_order, initial_params
 
@@ -216,8 +217,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--quiet", action="store_true")
     args = vars(p.parse_args(argv))
     if args["anchor"] is None:
-        from hessjax.sweep import default_anchor_path
-
         args["anchor"] = str(default_anchor_path())
     try:
         run(args.pop("anchor"), args.pop("out"), **args)

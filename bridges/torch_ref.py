@@ -32,20 +32,10 @@ from torch.nn.utils import parameters_to_vector
 
 from hessjax.model import DEFAULT_SIZES, Params, layer_sizes
 
-from .anchor import _as_numpy, _numpy_to_tensor, _tensor_to_numpy, _to_jax
+from . import _EXPORTS
+from .anchor import as_numpy, numpy_to_tensor, tensor_to_numpy, to_jax
 
-__all__ = [
-    "EigshResult",
-    "TorchHVP",
-    "TorchMLP",
-    "effective_loss_torch",
-    "fix_signs",
-    "grad_torch",
-    "hvp_torch",
-    "jax_params_from_torch",
-    "top_k_eigsh",
-    "torch_params_from_jax",
-]
+__all__ = list(_EXPORTS["torch_ref"])
 
 
 # --------------------------------------------------------------------------- model and parameters
@@ -93,13 +83,13 @@ class TorchMLP(nn.Sequential):
 def torch_params_from_jax(params: Params) -> list[torch.Tensor]:
     """``[w0, b0, w1, b1, ...]``: CPU torch copies of hessjax ``params``, bit for bit, in
     ``parameters()`` order (also the form :func:`effective_loss_torch` takes the anchor in)."""
-    return [_numpy_to_tensor(_as_numpy(a)) for pair in params for a in pair]
+    return [numpy_to_tensor(as_numpy(a)) for pair in params for a in pair]
 
 
 def jax_params_from_torch(model_or_tensors) -> Params:
     """hessjax params (jax arrays, bit for bit) from a :class:`TorchMLP` or ``[w0, b0, w1, b1, ...]``."""
     tensors = list(model_or_tensors.parameters()) if isinstance(model_or_tensors, nn.Module) else list(model_or_tensors)
-    arrays = [_to_jax(_tensor_to_numpy(t), "torch parameters") for t in tensors]  # float64 needs x64
+    arrays = [to_jax(tensor_to_numpy(t), "torch parameters") for t in tensors]  # float64 needs x64
     return tuple(zip(arrays[0::2], arrays[1::2]))
 
 
@@ -109,14 +99,14 @@ def jax_params_from_torch(model_or_tensors) -> Params:
 def _data(model: nn.Module, x, y) -> tuple[torch.Tensor, torch.Tensor]:
     """``x`` in the model's dtype and ``y`` as int64 class indices, as CPU tensors."""
     dtype = next(model.parameters()).dtype
-    x = x if isinstance(x, torch.Tensor) else _numpy_to_tensor(_as_numpy(x))
-    y = y if isinstance(y, torch.Tensor) else _numpy_to_tensor(_as_numpy(y))
+    x = x if isinstance(x, torch.Tensor) else numpy_to_tensor(as_numpy(x))
+    y = y if isinstance(y, torch.Tensor) else numpy_to_tensor(as_numpy(y))
     return x.to(dtype), y.to(torch.int64)
 
 
 def _anchor(model: nn.Module, anchor_tensors) -> list[torch.Tensor]:
     params = list(model.parameters())
-    anchor = [t if isinstance(t, torch.Tensor) else _numpy_to_tensor(_as_numpy(t)) for t in anchor_tensors]
+    anchor = [t if isinstance(t, torch.Tensor) else numpy_to_tensor(as_numpy(t)) for t in anchor_tensors]
     if len(anchor) != len(params) or any(a.shape != p.shape for a, p in zip(anchor, params)):
         raise ValueError("anchor_tensors must be [w0, b0, w1, b1, ...] shaped like model.parameters(); "
                          "use torch_params_from_jax(anchor_params)")
@@ -143,7 +133,7 @@ def grad_torch(model: nn.Module, anchor_tensors, lam, x, y) -> torch.Tensor:
 def _flat_v(model: nn.Module, v) -> list[torch.Tensor]:
     """A flat ``[P]`` vector cut into tensors shaped like ``model.parameters()``, in their dtype."""
     params = list(model.parameters())
-    v = v if isinstance(v, torch.Tensor) else _numpy_to_tensor(_as_numpy(v))
+    v = v if isinstance(v, torch.Tensor) else numpy_to_tensor(as_numpy(v))
     n = sum(p.numel() for p in params)
     if v.shape != (n,):
         raise ValueError(f"v has shape {list(v.shape)}, expected [{n}]")
@@ -188,7 +178,7 @@ class TorchHVP:
 
     def numpy_matvec(self, v: np.ndarray) -> np.ndarray:
         """The same on numpy vectors (float64 out), the form :func:`top_k_eigsh` takes."""
-        return _tensor_to_numpy(self(np.ascontiguousarray(v).ravel())).astype(np.float64)
+        return tensor_to_numpy(self(np.ascontiguousarray(v).ravel())).astype(np.float64)
 
 
 # --------------------------------------------------------------------------- eigensolver
@@ -228,7 +218,7 @@ def top_k_eigsh(hvp_fn: Callable[[np.ndarray], np.ndarray], P: int, k: int, tol:
 
     def matvec(v):
         count[0] += 1
-        return np.asarray(_as_numpy(hvp_fn(np.asarray(v, dtype=np.float64).ravel())), dtype=np.float64).ravel()
+        return np.asarray(as_numpy(hvp_fn(np.asarray(v, dtype=np.float64).ravel())), dtype=np.float64).ravel()
 
     if v0 is None:
         v0 = np.random.default_rng(0).standard_normal(P)

@@ -401,3 +401,34 @@ def test_cli_main_in_process(tmp_path, capsys):
     assert main([str(tmp_path / "junk.pth")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: ") and "junk.pth" in err
+
+
+# --------------------------------------------------------------------------- the package
+
+
+def test_import_does_not_import_torch():
+    code = "import sys, hessjax.bridges; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr
+
+
+def test_exports_are_listed_once():
+    """The package's one list per submodule is that submodule's ``__all__`` (with what it keeps to
+    itself), every name resolves lazily to the submodule's object, and the ``TYPE_CHECKING`` imports
+    that static analysers read name exactly the same."""
+    import ast
+    import importlib
+
+    import hessjax.bridges as bridges
+
+    assert sorted(bridges.__all__) == sorted(n for names in bridges._EXPORTS.values() for n in names)
+    for module, names in bridges._EXPORTS.items():
+        mod = importlib.import_module(f"hessjax.bridges.{module}")
+        assert list(mod.__all__[:len(names)]) == list(names)
+        assert all(hasattr(mod, name) for name in mod.__all__)
+        assert all(getattr(bridges, name) is getattr(mod, name) for name in names)
+    with open(bridges.__file__, encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    typed = {node.module: sorted(a.name for a in node.names) for node in ast.walk(tree)
+             if isinstance(node, ast.ImportFrom) and node.level == 1}
+    assert typed == {module: sorted(names) for module, names in bridges._EXPORTS.items()}
