@@ -38,9 +38,9 @@ from jax.flatten_util import ravel_pytree
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from .hvp import (Chunks, dataset_accuracy, dataset_cross_entropy, dataset_grad, linearize_hessian,
-                  linearized_flat_hessian_matvec)
-from .lanczos import DEFAULT_MAX_RESTARTS, EigResult, top_k_eigenpairs
+from .hvp import (Chunks, LinearizedHessian, dataset_accuracy, dataset_cross_entropy, dataset_grad,
+                  linearize_hessian, linearized_flat_hessian_matvec)
+from .lanczos import DEFAULT_MAX_RESTARTS, EigResult, top_k_eigenpairs, top_k_eigenpairs_batched
 from .loss import anchor_penalty
 from .spectral import SLQResult, TraceEstimate, bottom_k_eigenpairs, hutchinson_trace, slq_density
 from .model import DEFAULT_PRECISION, Params
@@ -99,38 +99,81 @@ def lambda_keys(seed: int, lams) -> np.ndarray:
     return np.stack([np.asarray(k) for k in keys]) if keys else np.zeros((0, 2), np.uint32)
 
 
-def analyze(params: Params, anchor: Params, lam, key, train: Chunks, test: Chunks, hess: Chunks,
-            spectrum: SpectrumConfig, *, probes=None, precision=DEFAULT_PRECISION) -> Analysis:
-    """Metrics, gradient and top-k eigenpairs of the data Hessian of one member at ``params``.
+class _Prepared(NamedTuple):
+    """One member's analysis before its eigensolve."""
 
-    The eigenpairs are those of ``∇²(mean CE)``, without the penalty's ``2λI`` (see the module
-    docstring); ``∇²L_eff`` has the same eigenvectors and the eigenvalues ``μ + 2λ``. ``θ`` is fixed during the Lanczos run, so the forward and backward pass over the Hessian samples
-    are done once (:func:`hessjax.hvp.linearize_hessian`) and every Lanczos step applies only the
-    R-operator (about 2.6 instead of 4.75 forward passes per product; memory: the residuals of all
-    ``hess`` samples, 2.6 kB per sample for 784-128-128-10 in float32). The products use ``precision``.
-    """
+    flat: jax.Array  # [P] the weights
+    grad: jax.Array  # [P] ∇L_eff over the training samples
+    lin: LinearizedHessian  # the data Hessian's forward and backward pass, kept for the R-operator
+    unshifted: jax.Array  # [] 0 in λ's dtype: the data Hessian, without the penalty's 2λI
+    v0: jax.Array  # [P] Lanczos start vector
+    k_restart: jax.Array  # key of the solver's random vectors
+    k_bottom: jax.Array  # key of the bottom-k solve
+
+
+def _prepare(params: Params, anchor: Params, lam, key, train: Chunks, hess: Chunks, precision) -> _Prepared:
     flat, _ = ravel_pytree(params)
     grad = ravel_pytree(dataset_grad(params, anchor, lam, train, precision=precision))[0]
     k_start, k_restart, k_bottom = jax.random.split(key, 3)
     v0 = jax.random.normal(k_start, flat.shape, flat.dtype)
     lin = linearize_hessian(params, hess, precision=precision)
-    unshifted = jnp.zeros_like(lam)  # the data Hessian: the penalty's 2λI is added in float64 by the writer
-    eig = top_k_eigenpairs(
-        functools.partial(linearized_flat_hessian_matvec, precision=precision), v0, spectrum.k,
-        spectrum.num_iters, params=(lin, unshifted, hess), tol=spectrum.tol, max_restarts=spectrum.max_restarts,
-        key=k_restart, precision=precision, multiplicity_check=spectrum.multiplicity_check)
+    return _Prepared(flat, grad, lin, jnp.zeros_like(lam), v0, k_restart, k_bottom)
+
+
+def _eig_options(spectrum: SpectrumConfig, precision) -> dict:
+    return dict(tol=spectrum.tol, max_restarts=spectrum.max_restarts, precision=precision,
+                multiplicity_check=spectrum.multiplicity_check)
+
+
+def _finish(params: Params, anchor: Params, key, train: Chunks, test: Chunks, hess: Chunks, pre: _Prepared,
+            eig: EigResult, spectrum: SpectrumConfig, probes, precision) -> Analysis:
     return Analysis(
         train_loss=dataset_cross_entropy(params, train, precision=precision),
         test_loss=dataset_cross_entropy(params, test, precision=precision),
         test_accuracy=dataset_accuracy(params, test, precision=precision),
-        gradient=grad,
-        grad_norm=jnp.linalg.norm(grad),
+        gradient=pre.grad,
+        grad_norm=jnp.linalg.norm(pre.grad),
         distance_to_anchor=jnp.sqrt(anchor_penalty(params, anchor)),
-        weights=flat,
+        weights=pre.flat,
         eig=eig,
-        extras=_extras(lin, unshifted, hess, flat, eig, k_bottom, jax.random.fold_in(key, 7) if probes is None else probes,
-                       spectrum, precision),
+        extras=_extras(pre.lin, pre.unshifted, hess, pre.flat, eig, pre.k_bottom,
+                       jax.random.fold_in(key, 7) if probes is None else probes, spectrum, precision),
     )
+
+
+def analyze(params: Params, anchor: Params, lam, key, train: Chunks, test: Chunks, hess: Chunks,
+            spectrum: SpectrumConfig, *, probes=None, precision=DEFAULT_PRECISION) -> Analysis:
+    """Metrics, gradient and top-k eigenpairs of the data Hessian of one member at ``params``.
+
+    The eigenpairs are those of ``∇²(mean CE)``, without the penalty's ``2λI`` (see the module
+    docstring); ``∇²L_eff`` has the same eigenvectors and the eigenvalues ``μ + 2λ``. ``θ`` is fixed
+    during the Lanczos run, so the forward and backward pass over the Hessian samples are done once
+    (:func:`hessjax.hvp.linearize_hessian`) and every Lanczos step applies only the R-operator
+    (about 2.6 instead of 4.75 forward passes per product; memory: the residuals of all ``hess``
+    samples, 2.6 kB per sample for 784-128-128-10 in float32). The products use ``precision``.
+    For a batch of members use :func:`analyze_batch`, not ``vmap`` of this.
+    """
+    pre = _prepare(params, anchor, lam, key, train, hess, precision)
+    eig = top_k_eigenpairs(functools.partial(linearized_flat_hessian_matvec, precision=precision), pre.v0,
+                           spectrum.k, spectrum.num_iters, params=(pre.lin, pre.unshifted, hess), key=pre.k_restart,
+                           **_eig_options(spectrum, precision))
+    return _finish(params, anchor, key, train, test, hess, pre, eig, spectrum, probes, precision)
+
+
+def analyze_batch(params: Params, anchor: Params, lams, keys, train: Chunks, test: Chunks, hess: Chunks,
+                  spectrum: SpectrumConfig, *, probes=None, precision=DEFAULT_PRECISION) -> Analysis:
+    """:func:`analyze` for a batch of members (``params``, ``lams``, ``keys`` with a leading ``B``):
+    the per-member parts under ``vmap``, the eigensolve by
+    :func:`hessjax.lanczos.top_k_eigenpairs_batched`, whose branches are decided once per batch.
+    Each member's result equals its :func:`analyze` alone."""
+    pre = jax.vmap(lambda p, lam, key: _prepare(p, anchor, lam, key, train, hess, precision))(params, lams, keys)
+    matvec = jax.vmap(functools.partial(linearized_flat_hessian_matvec, precision=precision),
+                      in_axes=(0, 0, 0, None))
+    eig = top_k_eigenpairs_batched(matvec, pre.v0, spectrum.k, spectrum.num_iters,
+                                   params=(pre.lin, pre.unshifted, hess), keys=pre.k_restart,
+                                   **_eig_options(spectrum, precision))
+    return jax.vmap(lambda p, key, pr, e: _finish(p, anchor, key, train, test, hess, pr, e, spectrum, probes,
+                                                  precision))(params, keys, pre, eig)
 
 
 def _extras(lin, lam, hess, flat, eig, k_bottom, probes, spectrum: SpectrumConfig, precision) -> Extras:
@@ -185,15 +228,8 @@ class Programs:
             )(states, lams)
 
         def analyze_all(params, anchor, lams, keys, train, test, hess, probes):
-            def one(p, lam, key):
-                return analyze(p, anchor, lam, key, train, test, hess, spec, probes=probes, precision=precision)
-
-            if lams.shape[0] == 1:  # no vmap: Lanczos' conditionals (early exit, a second Gram–Schmidt
-                # pass only when needed) then skip work instead of computing both branches
-                squeeze = lambda a: a[0]  # noqa: E731
-                out = one(*jax.tree_util.tree_map(squeeze, (params, lams, keys)))
-                return jax.tree_util.tree_map(lambda a: a[None], out)
-            return jax.vmap(one)(params, lams, keys)
+            return analyze_batch(params, anchor, lams, keys, train, test, hess, spec, probes=probes,
+                                 precision=precision)
 
         split = self.split
         self.init = jax.jit(init, out_shardings=split)
@@ -261,5 +297,5 @@ def local_rows(tree) -> dict[int, object]:
     return {i: jax.tree_util.tree_unflatten(treedef, [r[i] for r in per_leaf]) for i in common}
 
 
-__all__ = ["Analysis", "Extras", "Programs", "SpectrumConfig", "TrainConfig", "TrainState", "analyze", "gather",
-           "lambda_keys", "lambda_mesh", "local_rows", "probe_key", "train_batch"]
+__all__ = ["Analysis", "Extras", "Programs", "SpectrumConfig", "TrainConfig", "TrainState", "analyze", "analyze_batch",
+           "gather", "lambda_keys", "lambda_mesh", "local_rows", "probe_key", "train_batch"]

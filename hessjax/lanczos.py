@@ -79,6 +79,7 @@ but not correctness.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable, NamedTuple
 
@@ -91,7 +92,7 @@ from .operators import apply_operator, as_int, check_operator
 Array = jax.Array
 
 __all__ = ["DEFAULT_MAX_RESTARTS", "EigResult", "LanczosDecomp", "default_num_iters", "lanczos_tridiag",
-           "top_k_eigenpairs"]
+           "top_k_eigenpairs", "top_k_eigenpairs_batched"]
 
 #: Restarts allowed after the first Lanczos pass (locking passes included).
 DEFAULT_MAX_RESTARTS = 30
@@ -131,7 +132,8 @@ class EigResult(NamedTuple):
 
 
 class _State(NamedTuple):
-    """Carry of the restart loop (``R = m + b_max`` basis rows)."""
+    """One member's carry of the restart loop (``R = m + b_max`` basis rows); the solver carries a
+    batch of them (a leading member axis on every field)."""
 
     basis: Array  # [R, P] rows 0..n-1 Krylov basis, rows n..n+b-1 residual block
     products: Array  # [R, P] row j: A q_j for the rows j < n
@@ -147,6 +149,11 @@ class _State(NamedTuple):
     num_matvecs: Array  # [] int32
     num_restarts: Array  # [] int32
     done: Array  # [] bool
+    out_theta: Array  # [k] the certified result, set aside when the member is done
+    out_vectors: Array  # [k, P]
+    out_residuals: Array  # [k]
+    out_scale: Array  # []
+    out_converged: Array  # [k] bool
 
 
 def default_num_iters(k: int, dim: int) -> int:
@@ -221,16 +228,14 @@ def _start_vector(v0: Array, key) -> Array:
     return jnp.where(n > 0, v0 / jnp.where(n > 0, n, 1), fallback)
 
 
-def _step_orthogonalize(w0: Array, basis: Array, j, block, mask: Array, precision):
-    """Orthogonalise ``w0 = A q_j`` against the filled rows: local, one full pass, a second if needed.
+def _first_pass(w0: Array, basis: Array, j, block, mask: Array, precision):
+    """Orthogonalise ``w0 = A q_j`` locally and by one full Gram–Schmidt pass over the filled rows.
 
     First the projections on ``q_{j−b} … q_j`` (``b`` = ``block``; in exact arithmetic all that the
     (block) three-term recurrence needs, a few dot products), then one classical Gram–Schmidt pass
-    over every filled row, and a second one only when the first removed more than ``1 − 1/√2`` of
-    what was left (the Daniel–Gragg–Kaufman–Stewart criterion; "twice is enough"). Returns
-    ``(w, h, ok)``: the orthogonalised vector, the coefficients ``Q w0`` (zero outside the mask)
-    and whether the last pass kept more than half of its input — ``False`` means the remainder
-    was rounding noise (an invariant subspace).
+    over every filled row. Returns ``(w₁, h, ‖w‖, ‖w₁‖)``: the vector, the coefficients ``Q w0``
+    so far (zero outside the mask) and the norms before and after the full pass, from which the
+    Daniel–Gragg–Kaufman–Stewart test decides whether a second pass is needed (:func:`_needs_second`).
     """
     dtype = w0.dtype
     n_rows = basis.shape[0]
@@ -244,18 +249,28 @@ def _step_orthogonalize(w0: Array, basis: Array, j, block, mask: Array, precisio
     h0 = jnp.zeros((n_rows,), dtype).at[idx].add(c)
     h1 = jnp.matmul(basis, w, precision=precision) * mask
     w1 = w - jnp.matmul(h1, basis, precision=precision)
-    n0, n1 = jnp.linalg.norm(w), jnp.linalg.norm(w1)
+    return w1, h0 + h1, jnp.linalg.norm(w), jnp.linalg.norm(w1)
 
-    def second(w1):
-        h2 = jnp.matmul(basis, w1, precision=precision) * mask
-        w2 = w1 - jnp.matmul(h2, basis, precision=precision)
-        return w2, h2, jnp.linalg.norm(w2) > _BREAKDOWN_RATIO * n1
 
-    def enough(w1):
-        return w1, jnp.zeros_like(h1), jnp.bool_(True)
+def _needs_second(n0, n1):
+    """The DGKS criterion: the full pass removed more than ``1 − 1/√2`` of what was left ("twice is enough")."""
+    return n1 < _DGKS_RATIO * n0
 
-    w2, h2, ok = lax.cond(n1 < _DGKS_RATIO * n0, second, enough, w1)
-    return w2, h0 + h1 + h2, ok
+
+def _second_pass(w1: Array, basis: Array, mask: Array, n1, precision):
+    """A second Gram–Schmidt pass: ``(w₂, h₂, ok)``; ``ok`` is ``False`` when it kept at most half of
+    its input — the remainder was rounding noise (an invariant subspace)."""
+    h2 = jnp.matmul(basis, w1, precision=precision) * mask
+    w2 = w1 - jnp.matmul(h2, basis, precision=precision)
+    return w2, h2, jnp.linalg.norm(w2) > _BREAKDOWN_RATIO * n1
+
+
+def _step_orthogonalize(w0: Array, basis: Array, j, block, mask: Array, precision):
+    """:func:`_first_pass`, then :func:`_second_pass` only where needed: ``(w, h, ok)``."""
+    w1, h1, n0, n1 = _first_pass(w0, basis, j, block, mask, precision)
+    w2, h2, ok = lax.cond(_needs_second(n0, n1), lambda: _second_pass(w1, basis, mask, n1, precision),
+                          lambda: (w1, jnp.zeros_like(h1), jnp.bool_(True)))
+    return w2, h1 + h2, ok
 
 
 def _extend(matvec, params, basis, products, proj, j0, block, anorm, counter, key, precision, m,
@@ -406,10 +421,47 @@ def top_k_eigenpairs(matvec: Callable, v0: Array, k: int, num_iters: int | None 
         raise ValueError(f"max_restarts={max_restarts} must be >= 0")
     if isinstance(tol, (int, float)) and not (math.isfinite(tol) and tol >= 0):
         raise ValueError(f"tol={tol!r} must be a finite number >= 0")
+    def one(v, *op_params):  # the batched operator of a batch of one
+        return apply_operator(matvec, v[0], op_params)[None]
+
     sizes = _Sizes.of(k, m, dim, bool(multiplicity_check))
-    solver = _Solver(matvec, params, sizes, jnp.asarray(tol, v0.dtype), max_restarts, precision, key)
-    st = lax.while_loop(lambda st: ~st.done, solver.iterate, solver.initial_state(v0))
-    return solver.result(st)
+    solver = _Solver(one, params, sizes, jnp.asarray(tol, v0.dtype), max_restarts, precision, key[None])
+    return jax.tree_util.tree_map(lambda a: a[0], solver.solve(v0[None]))
+
+
+def top_k_eigenpairs_batched(matvec_batch: Callable, v0: Array, k: int, num_iters: int | None = None, *,
+                             params=(), tol=1e-5, max_restarts: int = DEFAULT_MAX_RESTARTS, keys=None,
+                             precision=lax.Precision.HIGHEST, multiplicity_check: bool = True) -> EigResult:
+    r""":func:`top_k_eigenpairs` of ``B`` independent symmetric operators at once, without ``vmap``.
+
+    ``matvec_batch(V, *params) -> [B, P]`` applies member ``b``'s operator to row ``b`` of ``V``
+    ``[B, P]`` (e.g. ``jax.vmap(matvec, in_axes=(0, 0, None))`` over batched and shared parameters);
+    ``v0`` ``[B, P]``; ``keys`` ``[B]`` PRNG keys (default: one fixed key for every member). Every
+    field of the :class:`EigResult` gains a leading ``B``; member ``b``'s result is the one
+    :func:`top_k_eigenpairs` returns for it alone (same algorithm, same random draws). Use this
+    rather than ``vmap(top_k_eigenpairs)`` for a batch: under ``vmap`` every data-dependent branch of
+    the solver runs for every member and whole bases are selected at every step, while here the batch
+    decides each branch once (``any`` over members) and a stopped member only stops writing.
+    ``num_matvecs`` counts each member's own products; the batch executes the maximum of them.
+    """
+    v0 = jnp.asarray(v0)
+    if v0.ndim != 2 or v0.shape[0] < 1 or v0.shape[1] < 1:
+        raise ValueError(f"v0 must be a batch of flat vectors [B, P], got shape {v0.shape}")
+    if not jnp.issubdtype(v0.dtype, jnp.floating):
+        raise ValueError(f"v0 must have a real floating dtype (the working dtype), got {v0.dtype}")
+    params = check_operator(matvec_batch, params)
+    dim = v0.shape[1]
+    k = as_int("k", k)
+    if not 1 <= k < dim:
+        raise ValueError(f"k={k} must satisfy 1 <= k < P (P={dim}); use numpy.linalg.eigh for the full spectrum")
+    m = _check_num_iters(num_iters, k, dim)
+    max_restarts = as_int("max_restarts", max_restarts, 0)
+    if isinstance(tol, (int, float)) and not (math.isfinite(tol) and tol >= 0):
+        raise ValueError(f"tol={tol!r} must be a finite number >= 0")
+    if keys is None:
+        keys = jnp.stack([jax.random.key(0)] * v0.shape[0])
+    sizes = _Sizes.of(k, m, dim, bool(multiplicity_check))
+    return _Solver(matvec_batch, params, sizes, jnp.asarray(tol, v0.dtype), max_restarts, precision, keys).solve(v0)
 
 
 class _Sizes(NamedTuple):
@@ -446,20 +498,51 @@ def _convergence_scale(theta: Array, n) -> Array:
     return jnp.maximum(jnp.abs(theta[0]), jnp.abs(low))
 
 
-class _Solver:
-    """The steps of :func:`top_k_eigenpairs`: each a traced function of the loop state ``_State``.
+class _Pass(NamedTuple):
+    """Carry of one pass over every member (leading axis ``B``)."""
 
-    One iteration of the outer ``while_loop`` is: begin a pass (the first start, a thick restart,
-    or a locking restart), extend the basis column by column until the early-exit estimate says the
-    top ``k`` may have converged (or to ``m``), certify the top ``k`` with their true residuals from
-    the stored products, and decide what to do next. The certificate alone decides convergence, so
-    the early exit and the returned ``converged`` flags are the same test.
+    j: Array  # [B] int32, next column
+    basis: Array  # [B, R, P]
+    products: Array  # [B, R, P]
+    proj: Array  # [B, R, R]
+    anorm: Array  # [B]
+    num_matvecs: Array  # [B] int32, also the salt of the member's invariant-subspace random vectors
+    active: Array  # [B] bool, still extending
+
+
+def _set_row(a, i, row):
+    return lax.dynamic_update_slice(a, row[None], (i, jnp.zeros_like(i)))
+
+
+def _get_row(a, i):
+    return lax.dynamic_index_in_dim(a, i, keepdims=False)
+
+
+class _Solver:
+    """The steps of the thick-restart solver over a batch of ``B`` independent operators.
+
+    Written for the batch rather than ``vmap``-ed over it: a ``vmap`` of data-dependent loops and
+    branches evaluates every branch for every member and selects over whole ``[B, m + b, P]`` bases
+    at every step. Here every loop condition and branch is decided for the whole batch (``any``
+    over members), members that have stopped only stop writing (row-sized selects, never
+    basis-sized ones), the second Gram–Schmidt pass runs only when a member needs it, a random
+    vector is drawn only when a member meets an invariant subspace, and Ritz values are computed
+    only at a member's check points. A member's numbers do not depend on the others'.
+
+    One iteration of the outer loop: begin a pass (the first start, a thick restart, or a locking
+    restart — one formula, :meth:`restart`), extend each active member's basis column by column
+    until its early-exit estimate says its top ``k`` may have converged (or to ``m``), certify every
+    member's top ``k`` with their true residuals from the stored products, and decide. The
+    certificate alone decides convergence, so the early exit and the returned ``converged`` flags
+    are the same test. A member that is done keeps its certified result; the batch stops when every
+    member is done.
     """
 
-    def __init__(self, matvec, params, sizes: _Sizes, tol, max_restarts: int, precision, key):
-        self.matvec, self.params, self.sz, self.tol = matvec, params, sizes, tol
+    def __init__(self, matvec_batch, params, sizes: _Sizes, tol, max_restarts: int, precision, keys):
+        self.matvec, self.params, self.sz, self.tol = matvec_batch, params, sizes, tol
         self.max_restarts, self.precision = max_restarts, precision
-        self.key_start, self.key_invariant, self.key_lock = (jax.random.fold_in(key, i) for i in range(3))
+        fold = jax.vmap(jax.random.fold_in, in_axes=(0, None))
+        self.key_start, self.key_invariant, self.key_lock = (fold(keys, i) for i in range(3))
 
     def mm(self, a, b):
         return jnp.matmul(a, b, precision=self.precision)
@@ -469,18 +552,22 @@ class _Solver:
 
     def initial_state(self, v0) -> _State:
         sz, dtype = self.sz, v0.dtype
-        basis0 = jnp.zeros((sz.n_rows, v0.shape[0]), dtype).at[0].set(_start_vector(v0, self.key_start))
+        n, dim = v0.shape
+        start = jax.vmap(_start_vector)(v0, self.key_start)
+        basis0 = jnp.zeros((n, sz.n_rows, dim), dtype).at[:, 0].set(start)
+        z = lambda *shape, dt=dtype: jnp.zeros((n, *shape), dt)  # noqa: E731
         return _State(
-            basis=basis0, products=jnp.zeros_like(basis0), proj=jnp.zeros((sz.n_rows, sz.n_rows), dtype),
-            theta=jnp.zeros((sz.m,), dtype), ritz=jnp.zeros((sz.m, sz.m), dtype), ref=jnp.zeros((sz.k,), dtype),
-            anorm=jnp.zeros((), dtype), block=jnp.int32(1), filled=jnp.int32(0), action=jnp.int32(_START),
-            verified=jnp.bool_(False), num_matvecs=jnp.int32(0), num_restarts=jnp.int32(0), done=jnp.bool_(False))
+            basis=basis0, products=jnp.zeros_like(basis0), proj=z(sz.n_rows, sz.n_rows), theta=z(sz.m),
+            ritz=z(sz.m, sz.m), ref=z(sz.k), anorm=z(), block=z(dt=jnp.int32) + 1, filled=z(dt=jnp.int32),
+            action=z(dt=jnp.int32) + _START, verified=z(dt=jnp.bool_), num_matvecs=z(dt=jnp.int32),
+            num_restarts=z(dt=jnp.int32), done=z(dt=jnp.bool_), out_theta=z(sz.k), out_vectors=z(sz.k, dim),
+            out_residuals=z(sz.k), out_scale=z(), out_converged=z(sz.k, dt=jnp.bool_))
 
-    # -- beginning a pass ---------------------------------------------------------------------
+    # -- beginning a pass (per member) ------------------------------------------------------------
 
     def restart(self, st: _State, keep):
-        """Keep the top ``keep ≤ k_keep`` (traced) Ritz vectors and their products, then the residual
-        block with its arrow coupling ``B S``."""
+        """One member: keep the top ``keep ≤ k_keep`` Ritz vectors and their products, then the
+        residual block with its arrow coupling ``B S``. ``keep = 0`` is the first start."""
         sz, dim, dtype = self.sz, st.basis.shape[1], st.basis.dtype
         cols = (jnp.arange(sz.k_keep) < keep).astype(dtype)
         s = st.ritz[:, :sz.k_keep] * cols
@@ -496,24 +583,34 @@ class _Solver:
         proj = lax.dynamic_update_slice(proj, coupling.T, (jnp.int32(0), keep))
         return basis, products, proj
 
-    def begin_start(self, st):
-        return st.basis, st.products, jnp.zeros_like(st.proj), jnp.int32(0), st.block, st.ref
-
-    def begin_thick(self, st):
-        basis, products, proj = self.restart(st, jnp.int32(self.sz.k_keep))
-        return basis, products, proj, jnp.int32(self.sz.k_keep), st.block, st.ref
-
-    def begin_lock(self, st):
-        """Keep the converged vectors, the residual block and one fresh random vector (block + 1);
-        ``max((m − k)/4, _LOCK_STEPS)`` columns per start row, within ``m − k`` in all."""
+    def keep_of(self, action, block):
+        """Ritz vectors kept: none to start, ``k_keep`` for a thick restart, and for a locking pass
+        ``max((m − k)/4, _LOCK_STEPS)`` columns per start row (block + 1 of them), within ``m − k``."""
         sz = self.sz
-        block = st.block + 1
-        keep = jnp.clip(sz.m - block * max((sz.m - sz.k) // 4, _LOCK_STEPS), sz.k, sz.k_keep).astype(jnp.int32)
-        basis, products, proj = self.restart(st, keep)
-        filled = (jnp.arange(sz.n_rows) < keep + st.block).astype(basis.dtype)
-        fresh = _random_orthogonal(jax.random.fold_in(self.key_lock, st.block), basis, filled, self.precision)
-        basis = lax.dynamic_update_slice(basis, fresh[None], (keep + st.block, jnp.int32(0)))
-        return basis, products, proj, keep, block, st.theta[:sz.k]
+        lock = jnp.clip(sz.m - (block + 1) * max((sz.m - sz.k) // 4, _LOCK_STEPS), sz.k, sz.k_keep)
+        return jnp.where(action == _START, 0, jnp.where(action == _LOCK, lock, sz.k_keep)).astype(jnp.int32)
+
+    def begin(self, st: _State):
+        """Every member's restart (done members too: their result is kept aside), then a fresh random
+        row for the members that start a locking pass — drawn only when one does."""
+        sz = self.sz
+        is_lock = (st.action == _LOCK) & ~st.done
+        keep = jax.vmap(self.keep_of)(st.action, st.block)
+        basis, products, proj = jax.vmap(self.restart)(st, keep)
+
+        def add_fresh(basis):
+            def one(basis, keep, block, key, lock):
+                filled = (jnp.arange(sz.n_rows) < keep + block).astype(basis.dtype)
+                fresh = _random_orthogonal(jax.random.fold_in(key, block), basis, filled, self.precision)
+                row = keep + block
+                return _set_row(basis, row, jnp.where(lock, fresh, _get_row(basis, row)))
+            return jax.vmap(one)(basis, keep, st.block, self.key_lock, is_lock)
+
+        basis = lax.cond(jnp.any(is_lock), add_fresh, lambda b: b, basis)
+        block = st.block + is_lock.astype(jnp.int32)
+        ref = jnp.where(is_lock[:, None], st.theta[:, :sz.k], st.ref)
+        min_fill = jnp.where(st.action == _LOCK, sz.m, sz.k_keep).astype(jnp.int32)
+        return basis, products, proj, keep, block, ref, min_fill
 
     # -- one pass ---------------------------------------------------------------------------------
 
@@ -522,20 +619,63 @@ class _Solver:
         b = _coupling(proj, self.sz.m, n, self.sz.b_max, block)
         return jnp.linalg.norm(self.mm(b, s[:, :self.sz.k]), axis=0)
 
-    def run_pass(self, st, basis, products, proj, j0, block, is_lock):
-        """Extend the basis from column ``j0``; a pass that is not a locking pass ends as soon as the
-        estimates of the top k meet the tolerance (checked from ``k_keep`` columns on)."""
-        sz, tol = self.sz, self.tol
+    def stop(self, proj, n, block):
+        """One member at a check point: do the estimates of its top k meet the tolerance?"""
+        theta, s = _ritz(proj, self.sz.m, n)
+        return jnp.all(self.estimates(proj, n, block, s) <= self.tol * _convergence_scale(theta, n))
 
-        def stop(proj, n):
-            theta, s = _ritz(proj, sz.m, n)
-            return jnp.all(self.estimates(proj, n, block, s) <= tol * _convergence_scale(theta, n))
+    def step(self, c: _Pass, j0, block, min_fill) -> _Pass:
+        """Column ``j`` of every active member: ``A q_j``, Gram–Schmidt, the next row, the coupling."""
+        sz, prec = self.sz, self.precision
+        dtype = c.basis.dtype
+        eps = jnp.finfo(dtype).eps
+        rows = jnp.arange(sz.n_rows)
+        q = jax.vmap(_get_row)(c.basis, c.j)
+        w0 = self.matvec(q, *self.params).astype(dtype)  # [B, P]
+        mask = (rows[None, :] < (c.j + block)[:, None]).astype(dtype)  # the filled rows
+        first = functools.partial(_first_pass, precision=prec)
+        w, h, n0, n1 = jax.vmap(first)(w0, c.basis, c.j, block, mask)
+        need = c.active & _needs_second(n0, n1)
 
-        return _extend(self.matvec, self.params, basis, products, proj, j0, block, st.anorm, st.num_matvecs,
-                       self.key_invariant, self.precision, sz.m, stop=stop,
-                       min_fill=jnp.where(is_lock, sz.m, sz.k_keep))
+        def second(w, h):
+            w2, h2, ok = jax.vmap(functools.partial(_second_pass, precision=prec))(w, c.basis, mask, n1)
+            return (jnp.where(need[:, None], w2, w), h + jnp.where(need[:, None], h2, 0), ok | ~need)
 
-    # -- certificate and decision -------------------------------------------------------------------
+        w, h, ok = lax.cond(jnp.any(need), second, lambda w, h: (w, h, jnp.ones_like(need)), w, h)
+        beta = jnp.linalg.norm(w, axis=1)
+        anorm = jnp.where(c.active, jnp.maximum(c.anorm, jnp.linalg.norm(w0, axis=1)), c.anorm)
+        invariant = ~ok | (beta <= eps * anorm)
+        q_next = w / jnp.where(beta > 0, beta, 1)[:, None]
+
+        def fresh(q_next):
+            keys = jax.vmap(jax.random.fold_in)(self.key_invariant, c.num_matvecs)
+            f = jax.vmap(functools.partial(_random_orthogonal, precision=prec))(keys, c.basis, mask)
+            return jnp.where(invariant[:, None], f, q_next)
+
+        q_next = lax.cond(jnp.any(invariant & c.active), fresh, lambda q: q, q_next)
+        beta = jnp.where(invariant, 0, beta)
+        nxt = c.j + block
+
+        def write(basis, products, proj, j, nxt, h, beta, q_next, w0, active):
+            new_proj = proj.at[:, j].set(h).at[j, :].set(h).at[nxt, j].set(beta).at[j, nxt].set(beta)
+            return (_set_row(basis, nxt, jnp.where(active, q_next, _get_row(basis, nxt))),
+                    _set_row(products, j, jnp.where(active, w0, _get_row(products, j))),
+                    jnp.where(active, new_proj, proj))
+
+        basis, products, proj = jax.vmap(write)(c.basis, c.products, c.proj, c.j, nxt, h, beta, q_next, w0, c.active)
+        n = c.j + c.active.astype(jnp.int32)
+        due = c.active & (n >= min_fill) & ((n - j0) % _CHECK_EVERY == 0) & (n < sz.m)
+        halt = lax.cond(jnp.any(due), lambda: due & jax.vmap(self.stop)(proj, n, block),
+                        lambda: jnp.zeros_like(due))
+        return _Pass(n, basis, products, proj, anorm, c.num_matvecs + c.active.astype(jnp.int32),
+                     c.active & ~halt & (n < sz.m))
+
+    def run_pass(self, st, basis, products, proj, j0, block, min_fill) -> _Pass:
+        init = _Pass(j0, basis, products, proj, st.anorm, st.num_matvecs, ~st.done & (j0 < self.sz.m))
+        return lax.while_loop(lambda c: jnp.any(c.active),
+                              lambda c: self.step(c, j0, block, min_fill), init)
+
+    # -- certificate and decision (per member) ------------------------------------------------------
 
     def certify(self, basis, products, theta, ritz, filled) -> _Certificate:
         """The top k Ritz pairs with their true residuals ``‖A v − θ v‖``: ``A v = Sᵀ (A Q)`` by
@@ -552,28 +692,38 @@ class _Solver:
         scale = _convergence_scale(theta, filled)
         return _Certificate(theta[:k], vecs, residuals, scale, residuals <= self.tol * scale)
 
-    def iterate(self, st: _State) -> _State:
+    def decide(self, st: _State, c: _Pass, block, ref) -> _State:
+        """One member after its pass: Ritz pairs, certificate, what next; its result is set aside the
+        first time it is done."""
         sz = self.sz
-        basis, products, proj, j0, block, ref = lax.switch(
-            st.action, [self.begin_start, self.begin_thick, self.begin_lock], st)
-        is_lock = st.action == _LOCK
-        basis, products, proj, _, anorm, num_matvecs, filled = self.run_pass(
-            st, basis, products, proj, j0, block, is_lock)
-        theta, s = _ritz(proj, sz.m, filled)
-        cert = self.certify(basis, products, theta, s, filled)
+        theta, s = _ritz(c.proj, sz.m, c.j)
+        cert = self.certify(c.basis, c.products, theta, s, c.j)
         conv = jnp.all(cert.converged)
-        eps = jnp.finfo(basis.dtype).eps
+        eps = jnp.finfo(c.basis.dtype).eps
+        is_lock = st.action == _LOCK
         rise = jnp.max(theta[:sz.k] - ref)
         found_new = is_lock & (rise > self.tol * cert.scale + 100 * eps * jnp.max(jnp.abs(theta[:sz.k])))
         verified = jnp.where(is_lock, ~found_new, st.verified)
         can_lock = sz.allow_lock & (block < sz.b_max)
         num_restarts = st.num_restarts + (st.action != _START).astype(jnp.int32)
-        done = (conv & (verified | ~can_lock)) | (num_restarts >= self.max_restarts)
+        finish = (conv & (verified | ~can_lock)) | (num_restarts >= self.max_restarts)
         action = jnp.where(conv & can_lock & ~verified, _LOCK, _THICK).astype(jnp.int32)
-        return _State(basis, products, proj, theta, s, ref, anorm, block, filled, action, verified, num_matvecs,
-                      num_restarts, done)
+        new = finish & ~st.done
+        keep_old = lambda old, upd: jnp.where(st.done, old, upd)  # noqa: E731
+        pick = lambda old, upd: jnp.where(new, upd, old)  # noqa: E731
+        return _State(
+            c.basis, c.products, c.proj, theta, s, ref, c.anorm, block, c.j, action,
+            keep_old(st.verified, verified), c.num_matvecs, keep_old(st.num_restarts, num_restarts),
+            st.done | finish, pick(st.out_theta, cert.theta), pick(st.out_vectors, cert.vectors),
+            pick(st.out_residuals, cert.residuals), pick(st.out_scale, cert.scale),
+            pick(st.out_converged, cert.converged))
 
-    def result(self, st: _State) -> EigResult:
-        cert = self.certify(st.basis, st.products, st.theta, st.ritz, st.filled)
-        return EigResult(cert.theta, cert.vectors, cert.residuals, cert.converged, st.num_matvecs,
-                         st.num_restarts, cert.scale)
+    def iterate(self, st: _State) -> _State:
+        basis, products, proj, j0, block, ref, min_fill = self.begin(st)
+        c = self.run_pass(st, basis, products, proj, j0, block, min_fill)
+        return jax.vmap(self.decide)(st, c, block, ref)
+
+    def solve(self, v0) -> EigResult:
+        st = lax.while_loop(lambda st: jnp.any(~st.done), self.iterate, self.initial_state(v0))
+        return EigResult(st.out_theta, st.out_vectors, st.out_residuals, st.out_converged, st.num_matvecs,
+                         st.num_restarts, st.out_scale)
