@@ -43,6 +43,24 @@ THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "XLA
 # ------------------------------------------------------------------------------------------ machine
 
 
+#: Methods that need a peer package, and the package (``pip install -c constraints.txt -e '.[bench]'``).
+PEERS = {"pyhessian": "pyhessian", "matfree": "matfree"}
+
+
+def installed_peers(methods: list[str]) -> list[str]:
+    """``methods`` without those whose peer package is not installed; one line for each one skipped."""
+    import importlib.util
+
+    kept = []
+    for m in methods:
+        package = PEERS.get(m)
+        if package and importlib.util.find_spec(package) is None:
+            print(f"skipping {m}: {package} is not installed (pip install -e '.[bench]')", flush=True)
+        else:
+            kept.append(m)
+    return kept
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

@@ -287,6 +287,7 @@ def main(argv=None) -> int:
     else:
         methods = [m for m in ALL_METHODS
                    if args.samples <= 10_000 or m not in ("pyhessian", "hessjax_fwdrev")]
+    methods = C.installed_peers(methods)
     device = C.resolve_device(args.device)
 
     tmp = tempfile.TemporaryDirectory(prefix="hessjax-bench-")

@@ -102,11 +102,17 @@ def main(argv=None) -> int:
                    help="compile into an empty JAX cache (default: hessjax's persistent cache, so a rerun's "
                         "warm-up does not recompile)")
     p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
+    p.add_argument("--proxies", action="store_true",
+                   help="measure the accelerator proxies (a)–(d) of benchmarks/_proxies.py instead")
+    p.add_argument("--proxy-samples", type=int, default=60_000,
+                   help="training samples of the host-blocked measurement (a) (the README's main settings: 60,000)")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
         worker(args)
         return 0
+    if args.proxies:
+        return proxies(args)
 
     from hessjax.results import parse_lambdas
 
@@ -172,6 +178,45 @@ def main(argv=None) -> int:
     m = result["machine"]
     print(f"machine: {m['cpu']}, {m['logical_cpus']} logical CPUs, jax {m['versions']['jax']}, torch "
           f"{m['versions']['torch']}; load average before/after timing: {load_before} / {load_after}")
+    C.write_json(args.json, result)
+    return 0
+
+
+def proxies(args) -> int:
+    """(a)–(d) of benchmarks/_proxies.py: before (synchronous writes; vmap of the single-member solver)
+    and now, printed as one table and written to --json."""
+    import _proxies as X
+
+    print(f"accelerator proxies on {C.cpu_model()}, load {C.load()}", flush=True)
+    d = X.basis_selects()
+    print(f"(d) basis-sized select_n in the batched eigensolver: vmap of one solver {d['vmap_of_single_solver']}, "
+          f"batched solver {d['batched_solver']}", flush=True)
+    small = dict(lambdas="0:0.07:8", train_samples=2048, test_samples=2000, k=16, max_epochs=2, seed=0)
+    per_lambda = {}
+    products = None
+    for batch in (1, 8):
+        X.sweep_summary(**small, lambda_batch=batch)  # warm-up: compile (kept in the persistent cache)
+        summary = X.sweep_summary(**small, lambda_batch=batch)
+        per_lambda[batch] = summary["wall_s"] / 8
+        if batch == 8:
+            products = X.product_ratio(summary)
+        print(f"    λ-batch {batch}: {per_lambda[batch]:.2f} s per λ", flush=True)
+    b = per_lambda[8] / per_lambda[1]
+    print(f"(b) per-λ wall time, batch 8 ÷ batch 1: {b:.2f}", flush=True)
+    print(f"(c) products executed ÷ needed at batch 8: {products['executed']} / {products['needed']} = "
+          f"{products['ratio']:.3f}", flush=True)
+    main_settings = dict(lambdas="0:0.1:6", train_samples=args.proxy_samples, k=30, lambda_batch=4, seed=0)
+    blocked = {}
+    for overlap in (False, True):
+        summary = X.sweep_summary(**main_settings, overlap_writes=overlap)
+        blocked[overlap] = X.blocked_fraction(summary)
+        print(f"    writes {'overlapped' if overlap else 'synchronous'}: {blocked[overlap]['blocked_s']:.1f} s "
+              f"blocked of {blocked[overlap]['wall_s']:.1f} s", flush=True)
+    print(f"(a) host-blocked fraction, λ-batch 4, {args.proxy_samples} samples: synchronous writes "
+          f"{blocked[False]['fraction']:.3f}, overlapped {blocked[True]['fraction']:.3f}", flush=True)
+    result = {"d_basis_selects": d, "b_per_lambda_s": per_lambda, "b_ratio": b, "c_products": products,
+              "a_blocked": {"synchronous": blocked[False], "overlapped": blocked[True]},
+              "settings": {"b_c": small, "a": main_settings}, "machine": C.machine()}
     C.write_json(args.json, result)
     return 0
 

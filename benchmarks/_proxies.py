@@ -1,0 +1,97 @@
+"""CPU proxies of what the sweep does on an accelerator (``python benchmarks/sweep.py --proxies``).
+
+(a) host-blocked seconds per batch — the main thread waiting for the host while the device has
+    nothing queued: with writes overlapped, only the wait for the writer thread; without, the whole
+    write of the batch — as a fraction of the batch's wall time;
+(b) per-λ wall time of a sweep at ``--lambda-batch 8`` ÷ ``--lambda-batch 1``;
+(c) Lanczos products a batch executed (members run in lockstep: the most any member needed) ÷ the
+    sum of what its members needed;
+(d) ``select_n`` operations over basis-sized arrays (``≥ (m + 1)·P`` elements) in the batched
+    eigensolver's program: the batched solver against ``vmap`` of the single-member solver (how
+    the engine batched λ before).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+
+import numpy as np
+
+
+def basis_selects(batch: int = 8, k: int = 16, samples: int = 512) -> dict:
+    """(d): count ``select_n`` equations with a basis-sized output in both batched programs."""
+    import functools
+
+    import jax
+    import jax.numpy as jnp
+
+    import hessjax
+    from hessjax.hvp import chunk_data, linearize_hessian, linearized_flat_hessian_matvec
+    from hessjax.lanczos import default_num_iters, top_k_eigenpairs, top_k_eigenpairs_batched
+
+    data = hessjax.load_mnist(train_samples=samples, test_samples=1)
+    params = hessjax.init_mlp(jax.random.PRNGKey(0))
+    hess = chunk_data(jnp.asarray(data.x_train), jnp.asarray(data.y_train), samples)
+    p = sum(w.size + b.size for w, b in params)
+    lin = jax.vmap(lambda _: linearize_hessian(params, hess))(jnp.arange(batch))
+    lam = jnp.zeros((batch,), jnp.float32)
+    v0 = jnp.ones((batch, p), jnp.float32)
+    matvec = functools.partial(linearized_flat_hessian_matvec)
+    keys = jax.vmap(jax.random.key)(jnp.arange(batch))
+    threshold = (default_num_iters(k, p) + 1) * p
+
+    def count(fn, *args) -> int:
+        jaxpr = jax.make_jaxpr(fn)(*args)
+        found = 0
+
+        def walk(j):
+            nonlocal found
+            for eqn in j.eqns:
+                if eqn.primitive.name == "select_n" and any(np.prod(v.aval.shape) >= threshold for v in eqn.outvars):
+                    found += 1
+                for sub in jax.core.subjaxprs(eqn) if hasattr(jax.core, "subjaxprs") else _subjaxprs(eqn):
+                    walk(sub)
+        walk(jaxpr.jaxpr)
+        return found
+
+    vmapped = jax.vmap(lambda v, l, lm, key: top_k_eigenpairs(matvec, v, k, params=(l, lm, hess), key=key))
+    batched = lambda v, l, lm, ks: top_k_eigenpairs_batched(  # noqa: E731
+        jax.vmap(matvec, in_axes=(0, 0, 0, None)), v, k, params=(l, lm, hess), keys=ks)
+    return {"vmap_of_single_solver": count(vmapped, v0, lin, lam, keys),
+            "batched_solver": count(batched, v0, lin, lam, keys), "basis_elements": threshold}
+
+
+def _subjaxprs(eqn):
+    for v in eqn.params.values():
+        for item in (v if isinstance(v, (list, tuple)) else [v]):
+            inner = getattr(item, "jaxpr", None)
+            if inner is not None:
+                yield inner if hasattr(inner, "eqns") else inner.jaxpr
+            elif hasattr(item, "eqns"):
+                yield item
+
+
+def sweep_summary(**settings) -> dict:
+    from hessjax.sweep import SweepConfig, run
+
+    with tempfile.TemporaryDirectory(prefix="hessjax-proxy-") as out:
+        t0 = time.perf_counter()
+        summary = run(SweepConfig(out=out, quiet=True, **settings))
+        return summary | {"wall_s": time.perf_counter() - t0}
+
+
+def blocked_fraction(summary: dict) -> dict:
+    """(a) from a sweep's summary: host-blocked seconds over the batches' wall time (first batch —
+    compilation — left out)."""
+    rows = summary["blocked"][1:] or summary["blocked"]
+    blocked = float(sum(r["blocked_s"] for r in rows))
+    wall = float(sum(r["wall_s"] for r in rows))
+    return {"batches": len(rows), "blocked_s": blocked, "wall_s": wall, "fraction": blocked / wall if wall else None}
+
+
+def product_ratio(summary: dict) -> dict:
+    """(c): executed ÷ needed over every batch: a batch executes its slowest member's products for each member."""
+    executed = sum(b["batch_matvecs"] * len(b["own_matvecs"]) for b in summary["batches"])
+    needed = sum(sum(b["own_matvecs"]) for b in summary["batches"])
+    return {"executed": int(executed), "needed": int(needed), "ratio": executed / needed if needed else None}
