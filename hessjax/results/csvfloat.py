@@ -16,7 +16,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-__all__ = ["write_float32_rows"]
+__all__ = ["name_runs", "write_float32_rows"]
 
 _BLOCK_CELLS = 16_384  # cells per block: ~256 kB of output, cache-sized
 
@@ -37,12 +37,11 @@ _SCALE = 10.0 ** (8 - np.arange(-100, 100, dtype=np.float64))  # 10^(8 − e), e
 
 def _cells(block: np.ndarray) -> np.ndarray:
     """``[n, m]`` finite float32 → ``[n, 16 m]`` uint8: every cell and its separator."""
-    x = block.astype(np.float64)  # exact
-    n, m = x.shape
-    a = np.abs(x)
+    n, m = block.shape
+    a = np.abs(block).astype(np.float64)  # exact
     zero = a == 0
     a[zero] = 1.0
-    e = np.floor(np.log10(a)).astype(np.int64)
+    e = np.floor(np.log10(a)).astype(np.intp)
     mant = np.rint(a * _SCALE[e + 100]).astype(np.int64)  # 9 digits, up to log10's rounding of e
     low = mant < 100_000_000
     if low.any():
@@ -52,42 +51,49 @@ def _cells(block: np.ndarray) -> np.ndarray:
     if high.any():
         e[high] += 1
         mant[high] = np.rint(a[high] * _SCALE[e[high] + 100]).astype(np.int64)
-    mant[zero] = 0
-    e[zero] = 0
+    if zero.any():
+        mant[zero] = 0
+        e[zero] = 0
     out = np.empty((n, m, 4), np.uint32)
     head = mant // 10_000_000
-    out[..., 0] = _SIGN_HEAD[np.signbit(x) * 100 + head]
+    out[..., 0] = _SIGN_HEAD[np.signbit(block).view(np.uint8) * 100 + head]
     middle = mant // 1000
     out[..., 1] = _FOUR[middle - head * 10_000]
     out[..., 2] = _THREE_E[mant - middle * 1000]
-    last = np.zeros((n, m), np.intp)
-    last[:, -1] = 1
-    out[..., 3] = _EXPONENT[last, e + 99]
+    e += 99
+    out[:, :-1, 3] = _EXPONENT[0][e[:, :-1]]
+    out[:, -1, 3] = _EXPONENT[1][e[:, -1]]
     return out.reshape(n, 4 * m).view(np.uint8)
 
 
-def write_float32_rows(f: BinaryIO, values: np.ndarray, names: np.ndarray | None = None) -> None:
-    """Write ``values`` ``[n, m]`` (finite float32) as CSV rows to the binary file ``f``, each row
-    prefixed by ``names[i]`` and a comma when names are given (ASCII, no commas: the caller checks)."""
+def name_runs(names) -> tuple[np.ndarray, list[str]]:
+    """``(starts [r + 1], labels [r])``: the runs of equal consecutive names (one per tensor in PyTorch
+    flat order), ``starts`` ending with ``len(names)``."""
+    names = np.asarray(names, dtype=object)
+    starts = np.flatnonzero(np.r_[True, names[1:] != names[:-1]]) if names.size else np.zeros(0, np.intp)
+    return np.r_[starts, names.size], [names[i] for i in starts]
+
+
+def write_float32_rows(f: BinaryIO, values: np.ndarray, runs: tuple[np.ndarray, list[str]] | None = None) -> None:
+    """Write ``values`` ``[n, m]`` (finite float32) as CSV rows to the binary file ``f``; with ``runs``
+    (:func:`name_runs` of the row names) each row starts with its name and a comma (ASCII without
+    commas: the caller checks)."""
     values = np.asarray(values)
     if values.dtype != np.float32 or values.ndim != 2:
         raise ValueError(f"expected a [n, m] float32 array, got {values.dtype} {values.shape}")
     n, m = values.shape
+    if runs is None:
+        bounds, prefixes = np.array([0, n]), [np.zeros(0, np.uint8)]
+    else:
+        bounds, labels = runs
+        prefixes = [np.frombuffer((str(name) + ",").encode("ascii"), np.uint8) for name in labels]
     step = max(1, _BLOCK_CELLS // max(m, 1))
-    prefixes: dict[str, np.ndarray] = {}
-    for lo in range(0, n, step):
-        body = _cells(values[lo: lo + step])
-        if names is None:
-            f.write(body.tobytes())
-            continue
-        seg = np.asarray(names[lo: lo + step])
-        starts = np.flatnonzero(np.r_[True, seg[1:] != seg[:-1]])  # runs of one name (one tensor)
-        for s, t in zip(starts, np.r_[starts[1:], seg.shape[0]]):
-            name = str(seg[s])
-            prefix = prefixes.get(name)
-            if prefix is None:
-                prefix = prefixes[name] = np.frombuffer((name + ",").encode("ascii"), np.uint8)
-            rows = np.empty((t - s, prefix.size + body.shape[1]), np.uint8)
-            rows[:, :prefix.size] = prefix
-            rows[:, prefix.size:] = body[s:t]
-            f.write(rows.tobytes())
+    for r, prefix in enumerate(prefixes):  # one tensor at a time, in blocks of rows
+        for lo in range(int(bounds[r]), int(bounds[r + 1]), step):
+            body = _cells(values[lo: min(lo + step, int(bounds[r + 1]))])
+            if prefix.size:
+                rows = np.empty((body.shape[0], prefix.size + body.shape[1]), np.uint8)
+                rows[:, :prefix.size] = prefix
+                rows[:, prefix.size:] = body
+                body = rows
+            f.write(body.data)

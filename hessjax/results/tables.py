@@ -12,7 +12,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from .atomic import atomic_path, atomic_write, write_text
-from .csvfloat import write_float32_rows
+from .csvfloat import name_runs, write_float32_rows
 from .grid import UsageError
 from .paths import (bottom_eigenvalues_path, certificates_path, density_path, eigenvalues_path, eigenvectors_path,
                     gradients_path)
@@ -47,11 +47,20 @@ def _float_format(dtype) -> tuple[str, np.dtype]:
     return ("%.9g", np.dtype(np.float32)) if np.dtype(dtype) == np.float32 else ("%.17g", np.dtype(np.float64))
 
 
+_RUNS_CACHE: list = [None, None]  # [names array, its name_runs]: a sweep passes the same names for every λ
+
+
+def _runs(names: np.ndarray):
+    if _RUNS_CACHE[0] is not names:
+        _RUNS_CACHE[:] = [names, name_runs(names)]
+    return _RUNS_CACHE[1]
+
+
 def _check_names(names, n: int) -> np.ndarray:
     names = np.asarray(names, dtype=object)
     if names.shape != (n,):
         raise ValueError(f"parameter names: expected shape ({n},), got {names.shape}")
-    bad = [s for s in set(names.tolist()) if not isinstance(s, str) or any(c in s for c in ',"\n\r')]
+    bad = [s for s in set(_runs(names)[1]) if not isinstance(s, str) or any(c in s for c in ',"\n\r')]
     if bad:
         raise ValueError(f"parameter names must be strings without commas, quotes or newlines: {bad[:3]}")
     return names
@@ -69,7 +78,7 @@ def _write_table(path: Path, header: str, names: np.ndarray | None, values: np.n
     if fast and dtype == np.float32 and values.size and np.isfinite(values).all():
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
             f.write((header + "\n").encode("utf-8"))
-            write_float32_rows(f, values, names)
+            write_float32_rows(f, values, None if names is None else _runs(names))
         return path
     n, m = values.shape
     row = ("%s," if names is not None else "") + ",".join([fmt] * m) + "\n"
