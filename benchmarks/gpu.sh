@@ -17,7 +17,11 @@
 #          matfree; float64 reference on the GPU                                        (~90 s)
 #   sweep  60,000 samples, k=10, 2 epochs, 8 λ (0:0.07:8), λ batches 1 and 8 (GPU_BATCHES);
 #          the torch pipeline on one λ (hessjax.bridges.torch_pipeline has no device option:
-#          it runs on the host CPU, as the original did)                               (~120 s)
+#          it runs on the host CPU, as the original did)                               (~80 s)
+#   proxies  benchmarks/sweep.py --proxies: basis-sized selects, batch 8 ÷ batch 1 per λ,
+#          products executed ÷ needed, host-blocked fraction at λ-batch 4, peak memory  (~80 s)
+# Then one table (benchmarks/gpu_table.py): s/λ, ms per product (hessjax and torch, same device),
+# host-blocked fraction, peak device memory.
 # On a GPU, float32 matmuls: hessjax uses Precision.HIGHEST (no TF32); torch keeps its default
 # (torch.backends.cuda.matmul.allow_tf32 = False), so both compute in full float32.
 set -u -o pipefail
@@ -65,7 +69,8 @@ if [[ $smoke -eq 1 ]]; then
   eigs_args=(--samples 256 --k 5 --repeats 1 --methods hessjax,hessjax_nomc,scipy_default,pyhessian,matfree)
   sweep_args=(--train-samples 256 --test-samples 128 --k 3 --epochs 1 --lambdas 0:0.01:2 --batches 1,2
               --torch-lambdas 1 --repeats 1)
-  limits=(120 180 240)
+  proxy_args=(--proxy-samples 512)
+  limits=(120 180 240 600)
 else
   device=gpu
   probe=$("$PYTHON" - <<'EOF' 2>&1
@@ -87,7 +92,8 @@ EOF
   eigs_args=(--samples 60000 --k 30 --repeats 2 --methods hessjax,hessjax_nomc,scipy_default,pyhessian,matfree)
   sweep_args=(--train-samples 60000 --test-samples 10000 --k 10 --epochs 2 --lambdas 0:0.07:8
               --batches "${GPU_BATCHES:-1,8}" --torch-lambdas 1 --no-torch-warmup --repeats 1)
-  limits=(50 100 130)  # 280 s in all, plus start-up: within 5 minutes
+  proxy_args=(--proxy-samples 60000)
+  limits=(40 80 80 80)  # 280 s in all, plus start-up: within 5 minutes
 fi
 status run running
 
@@ -111,6 +117,9 @@ failed=0
 step hvp "${limits[0]}" hvp.py "${hvp_args[@]}" || failed=1
 step eigs "${limits[1]}" eigs.py "${eigs_args[@]}" || failed=1
 step sweep "${limits[2]}" sweep.py "${sweep_args[@]}" || failed=1
+step proxies "${limits[3]}" sweep.py --proxies "${proxy_args[@]}" || failed=1
+echo "== table"
+"$PYTHON" benchmarks/gpu_table.py "$out" | tee "$out/table.txt"
 if [[ $failed -eq 0 ]]; then status run ok; else status run "failed"; fi
 echo "results in $out (gpu_run.json: status of each step)"
 exit $failed

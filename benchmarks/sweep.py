@@ -214,7 +214,10 @@ def proxies(args) -> int:
               f"blocked of {blocked[overlap]['wall_s']:.1f} s", flush=True)
     print(f"(a) host-blocked fraction, λ-batch 4, {args.proxy_samples} samples: synchronous writes "
           f"{blocked[False]['fraction']:.3f}, overlapped {blocked[True]['fraction']:.3f}", flush=True)
-    result = {"d_basis_selects": d, "b_per_lambda_s": per_lambda, "b_ratio": b, "c_products": products,
+    import jax
+
+    stats = jax.devices()[0].memory_stats() or {}  # None on CPU
+    result = {"peak_device_bytes": stats.get("peak_bytes_in_use"), "d_basis_selects": d, "b_per_lambda_s": per_lambda, "b_ratio": b, "c_products": products,
               "a_blocked": {"synchronous": blocked[False], "overlapped": blocked[True]},
               "settings": {"b_c": small, "a": main_settings}, "machine": C.machine()}
     C.write_json(args.json, result)
