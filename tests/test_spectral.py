@@ -225,8 +225,9 @@ def test_density_on_grid_definition_and_normalisation():
 
 
 def test_slq_density_approaches_the_true_density():
-    """SLQ with 10 Lanczos steps per probe against numpy: per probe, the exact quadrature ``Σᵢ (uᵢᵀq)² g(t − λᵢ)``
-    of ``numpy.linalg.eigh``; over 400 probes, the true density within its sampling error."""
+    """SLQ with 10 Lanczos steps per probe against numpy: per probe, the exact quadrature
+    ``Σᵢ (uᵢᵀq)² g(t − λᵢ)`` of ``numpy.linalg.eigh``; over 400 probes, the true density within its
+    sampling error."""
     evals = np.concatenate([np.linspace(0.0, 1.0, 30), [3.0, 3.2, 5.0]])
     n, num, sigma = evals.size, 400, 0.3
     a = _operator(evals, seed=5)
