@@ -11,6 +11,10 @@ from hessjax.flax_mlp import FlaxMLP, from_flax_variables, to_flax_variables
 from hessjax.hvp import dataset_cross_entropy
 
 SIZES = (6, 5, 4, 3)  # 35 + 24 + 15 = 74 parameters
+EPS32, EPS64 = float(np.finfo(np.float32).eps), float(np.finfo(np.float64).eps)
+# float64 against references (numpy forward pass, jax.grad, jax.hessian), relative: measured ≤ 1.5 eps
+# (logits 1.0, losses ≤ 1.5, gradients ≤ 0.33, Hessian products ≤ 1.2 eps), bound 8 eps (≥ 5×)
+TOL64 = 8 * EPS64
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +31,7 @@ def problem():
 
 def dense_hessian(f, params):
     flat, unravel = ravel_pytree(params)
-    return jax.hessian(lambda z: f(unravel(z)))(flat)
+    return jax.jit(jax.hessian(lambda z: f(unravel(z))))(flat)
 
 
 def test_params_layout_matches_torch_linear():
@@ -41,15 +45,22 @@ def test_params_layout_matches_torch_linear():
 
 
 def test_init_distribution_is_torch_default():
+    """Every weight and bias ``U(-a, a)``, ``a = 1/√fan_in``: bounds, second moment and a KS test."""
+    scipy_stats = pytest.importorskip("scipy.stats")
     params = hessjax.init_mlp(jax.random.PRNGKey(2), (784, 128, 128, 10), jnp.float64)
+    biases = []
     for (w, b), fan_in in zip(params, (784, 128, 128)):
         bound = 1 / np.sqrt(fan_in)
-        for t in (w, b):
-            t = np.asarray(t)
-            assert np.all(np.abs(t) <= bound)
-        # U(-a, a) has variance a^2/3; 100k weights pin it to ~1%.
-        if w.size > 10_000:
-            np.testing.assert_allclose(np.var(np.asarray(w)), bound**2 / 3, rtol=0.03)
+        w, b = np.asarray(w) / bound, np.asarray(b) / bound  # U(-1, 1) if right
+        assert np.all(np.abs(w) <= 1) and np.all(np.abs(b) <= 1)
+        # E[u²] = 1/3 with sd √(4/45)/√n per mean of n: within 5 sd (1.4% for 100k weights, 12% for 1280)
+        assert abs(np.mean(w**2) - 1 / 3) <= 5 * np.sqrt(4 / 45 / w.size)
+        assert scipy_stats.kstest(w.ravel(), "uniform", args=(-1, 2)).pvalue > 1e-3
+        biases.append(b)
+    # the 266 biases pooled (10 alone would not tell zeros from U(-a, a))
+    b = np.concatenate(biases)
+    assert abs(np.mean(b**2) - 1 / 3) <= 5 * np.sqrt(4 / 45 / b.size)
+    assert scipy_stats.kstest(b, "uniform", args=(-1, 2)).pvalue > 1e-3
 
 
 def test_apply_mlp_definition(problem):
@@ -59,7 +70,7 @@ def test_apply_mlp_definition(problem):
         h = h @ np.asarray(w).T + np.asarray(b)
         if i < len(params) - 1:
             h = 1 / (1 + np.exp(-h))
-    np.testing.assert_allclose(hessjax.apply_mlp(params, x), h, rtol=1e-13)
+    np.testing.assert_allclose(hessjax.apply_mlp(params, x), h, rtol=TOL64)
 
 
 def test_effective_loss_definition(problem):
@@ -68,14 +79,19 @@ def test_effective_loss_definition(problem):
     logp = logits - np.log(np.exp(logits).sum(1, keepdims=True))
     ce = -logp[np.arange(len(y)), np.asarray(y)].mean()
     dist = np.sum((np.asarray(ravel_pytree(params)[0]) - np.asarray(ravel_pytree(anchor)[0])) ** 2)
-    np.testing.assert_allclose(hessjax.effective_loss(params, anchor, 0.37, x, y), ce + 0.37 * dist, rtol=1e-13)
+    np.testing.assert_allclose(hessjax.effective_loss(params, anchor, 0.37, x, y), ce + 0.37 * dist, rtol=TOL64)
 
 
 def test_float64_lambda_does_not_promote_float32_model(problem):
     params, anchor, x, y, _ = problem
-    p32, a32 = jax.tree_util.tree_map(lambda t: t.astype(jnp.float32), (params, anchor))
-    out = hessjax.effective_loss(p32, a32, np.float64(0.01), x.astype(jnp.float32), y)
+    p32, a32, x32 = jax.tree_util.tree_map(lambda t: t.astype(jnp.float32), (params, anchor, x))
+    out = hessjax.effective_loss(p32, a32, np.float64(0.01), x32, y)
     assert out.dtype == jnp.float32
+    # and λ still acts: the float64 loss of the same float32 values (the penalty is 9% of it), within the
+    # rounding of a float32 mean of 23 log-sum-exps (measured 0.27 eps, bound 3 eps)
+    f64 = jax.tree_util.tree_map(lambda t: t.astype(jnp.float64), (p32, a32, x32))
+    ref = float(hessjax.effective_loss(*f64[:2], 0.01, f64[2], y))
+    assert abs(float(out) - ref) <= 3 * EPS32 * ref
 
 
 def test_hvp_equals_dense_hessian(problem):
@@ -84,7 +100,7 @@ def test_hvp_equals_dense_hessian(problem):
     H = dense_hessian(f, params)
     expected = H @ ravel_pytree(v)[0]
     got = ravel_pytree(hessjax.hvp(f, params, v))[0]
-    assert np.linalg.norm(got - expected) <= 1e-10 * np.linalg.norm(expected)
+    assert np.linalg.norm(got - expected) <= TOL64 * np.linalg.norm(expected)
 
 
 @pytest.mark.parametrize("chunk_size", [1, 5, 7, 23, 100])
@@ -93,13 +109,14 @@ def test_chunked_dataset_functions_equal_unchunked(problem, chunk_size):
     lam = 0.2
     chunks = hessjax.chunk_data(x, y, chunk_size)
     f = lambda p: hessjax.effective_loss(p, anchor, lam, x, y)
-    np.testing.assert_allclose(hessjax.dataset_loss(params, anchor, lam, chunks), f(params), rtol=1e-13)
-    np.testing.assert_allclose(dataset_cross_entropy(params, chunks), hessjax.cross_entropy(params, x, y), rtol=1e-13)
-    g_ref = ravel_pytree(jax.grad(f)(params))[0]
-    np.testing.assert_allclose(ravel_pytree(hessjax.dataset_grad(params, anchor, lam, chunks))[0], g_ref, rtol=1e-11, atol=1e-14)
+    np.testing.assert_allclose(hessjax.dataset_loss(params, anchor, lam, chunks), f(params), rtol=TOL64)
+    np.testing.assert_allclose(dataset_cross_entropy(params, chunks), hessjax.cross_entropy(params, x, y), rtol=TOL64)
+    g_ref = np.asarray(ravel_pytree(jax.grad(f)(params))[0])
+    g = np.asarray(ravel_pytree(hessjax.dataset_grad(params, anchor, lam, chunks))[0])
+    assert np.linalg.norm(g - g_ref) <= TOL64 * np.linalg.norm(g_ref)
     hv_ref = dense_hessian(f, params) @ ravel_pytree(v)[0]
     hv = hessjax.flat_hessian_matvec(ravel_pytree(v)[0], params, anchor, lam, chunks)
-    assert np.linalg.norm(hv - hv_ref) <= 1e-11 * np.linalg.norm(hv_ref)
+    assert np.linalg.norm(hv - hv_ref) <= TOL64 * np.linalg.norm(hv_ref)
 
 
 def test_penalty_shifts_the_spectrum_by_two_lambda(problem):
@@ -157,4 +174,4 @@ def test_linearized_hvp_equals_dense_hessian(sizes, chunk_size):
     H = dense_hessian(lambda p: hessjax.effective_loss(p, anchor, 0.07, x, y), params)
     for v in jax.random.normal(k5, (3, H.shape[0]), jnp.float64):
         got = linearized_flat_hessian_matvec(v, lin, 0.07, chunks)
-        assert np.linalg.norm(got - H @ v) <= 1e-11 * np.linalg.norm(H @ v)
+        assert np.linalg.norm(got - H @ v) <= TOL64 * np.linalg.norm(H @ v)

@@ -77,23 +77,35 @@ def test_early_stopping_rule_and_best_weights(data):
     assert int(final.best_epoch) == best_epoch
     np.testing.assert_allclose(final.best_loss, best, rtol=1e-12)
     np.testing.assert_allclose(hessjax.dataset_loss(final.best_params, params, 0.0, chunks), best, rtol=1e-12)
-    assert 0 < int(final.epoch) < cfg.max_epochs
+    assert 0 < int(final.epoch) < cfg.max_epochs and not bool(final.diverged)
 
 
 def test_max_epochs_zero_means_no_training(data):
     x, y, chunks = data
     params = initial_params(0, SIZES, jnp.float64)
     final = train(params, params, 0.1, x, y, chunks, 0, TrainConfig(max_epochs=0))
-    assert int(final.epoch) == 0 and not bool(final.converged)
-    for (w, _), (w0, _) in zip(final.best_params, params):
-        np.testing.assert_array_equal(w, w0)
+    assert int(final.epoch) == 0 and bool(final.stopped) and not bool(final.converged)
+    for a, b in zip(jax.tree.leaves((final.params, final.best_params)), jax.tree.leaves((params, params))):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_divergence_is_detected_and_frozen(data):
+    """λ = 1e305 with θ_ref = θ₀: L_eff is finite at epoch 0 and Inf after the first Adam steps."""
     x, y, chunks = data
     params = initial_params(0, SIZES, jnp.float64)
-    final = train(params, params, 1e305, x, y, chunks, 0, TrainConfig(lr=1e3, max_epochs=20))
+    cfg = TrainConfig(lr=1e3, max_epochs=20)
+    final = train(params, params, 1e305, x, y, chunks, 0, cfg)
     assert bool(final.diverged) and bool(final.stopped) and not bool(final.converged)
+    # stopped at the epoch that diverged, keeping the last finite weights: the starting point
+    start_loss = float(hessjax.dataset_loss(params, params, 1e305, chunks))
+    assert np.isfinite(start_loss) and not np.isfinite(float(final.loss))
+    assert int(final.epoch) == 1 and int(final.best_epoch) == 0 and float(final.best_loss) == start_loss
+    for a, b in zip(jax.tree.leaves(final.best_params), jax.tree.leaves(params)):
+        np.testing.assert_array_equal(a, b)
+    # frozen: a further epoch leaves every field as it was
+    again = train_epoch(final, params, 1e305, x, y, chunks, epoch_order(0, 2, 50), cfg)
+    for a, b in zip(jax.tree.leaves(again), jax.tree.leaves(final)):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_vmap_over_lambda_equals_a_loop_and_freezes_stopped_members(data):
