@@ -45,12 +45,13 @@ files and :mod:`~hessjax.report.cli` is the command line; their public names are
 
 from __future__ import annotations
 
-# Also importable from here, beyond __all__: UsageError, METRICS, FORMATS, slq_to_density, build_parser and
-# the helpers _reordered_pairs and _representative_pairs (used by the tests).
+# Also importable from here, beyond __all__: UsageError, METRICS, FORMATS, density_on_grid, slq_to_density,
+# build_parser and the helpers _reordered_pairs and _representative_pairs (used by the tests).
 from ..results import UsageError
 from .branches import DEFAULT_MIN_OVERLAP, _reordered_pairs, match_branches, overlap_matrix
 from .cli import build_parser, main
-from .derived import DEFAULT_OUTLIER_FACTOR, Derived, compute_derived, gap_ratio, outlier_counts, slq_to_density
+from .derived import (DEFAULT_OUTLIER_FACTOR, Derived, compute_derived, density_on_grid, gap_ratio, outlier_counts,
+                      slq_to_density)
 from .figures import _representative_pairs, make_figures
 from .load import EXTRA_ARRAYS, METRICS, SweepData, find_run_ids, load_sweep
 from .summary import FORMATS, ReportResult, render_report, write_report
