@@ -26,7 +26,7 @@ The variance of one sample is ``2 Σ_{i≠j} A_ij²``. For ``∇²L_eff`` every 
 
 exact for polynomials of degree ``≤ 2m − 1`` and, when ``m ≥ P``, for every ``f`` (:func:`slq_estimate`).
 The spectral density ``φ(t) = (1/P) Σ δ(t − λ_i)`` is estimated by the average over probes of
-``Σ_j w_j δ(t − θ_j)``, broadened by a Gaussian of width ``σ`` (:func:`density_on_grid`).
+``Σ_j w_j δ(t − θ_j)``, broadened by a Gaussian of width ``σ`` (:func:`hessjax.density.density_on_grid`, numpy).
 
 **Bottom k** (:func:`bottom_k_eigenpairs`). The top ``k`` of ``σI − A`` by
 :func:`hessjax.lanczos.top_k_eigenpairs` (the Krylov space does not depend on ``σ``, only the
@@ -54,7 +54,6 @@ __all__ = [
     "SLQResult",
     "TraceEstimate",
     "bottom_k_eigenpairs",
-    "density_on_grid",
     "hutchinson_trace",
     "probe_vectors",
     "slq_density",
@@ -199,34 +198,6 @@ def slq_estimate(result: SLQResult, fn: Callable[[Array], Array], dim: int) -> T
     """
     samples = as_int("dim", dim, 1) * jnp.sum(result.weights * fn(result.nodes), axis=-1)
     return _summarise(samples)
-
-
-def density_on_grid(nodes: Array, weights: Array, grid: Array, sigma) -> Array:
-    r"""Gaussian-broadened SLQ density on ``grid`` ``[G]`` (ascending), normalised to integrate to 1 on it.
-
-    .. math::  φ(t) ∝ \frac1N \sum_{i,j} w_{ij}\, \frac{1}{\sqrt{2π}σ} e^{-(t − θ_{ij})^2 / 2σ^2},
-
-    then divided by its trapezoid integral over ``grid`` (mass falling outside the grid is
-    redistributed, so choose a grid reaching ~5σ beyond the extreme nodes; a density that is zero on
-    the whole grid stays zero). ``nodes``/``weights`` are ``[..., m]`` (e.g. ``[N, m]`` from
-    :func:`slq_density`; every leading axis is averaged). Returns ``[G]`` in the dtype of ``nodes``.
-    """
-    nodes = jnp.asarray(nodes)
-    weights = jnp.asarray(weights, nodes.dtype)
-    grid = jnp.asarray(grid, nodes.dtype)
-    if grid.ndim != 1 or grid.shape[0] < 2:
-        raise ValueError(f"grid must be a 1-D array of at least 2 points, got shape {grid.shape}")
-    if nodes.shape != weights.shape:
-        raise ValueError(f"nodes {nodes.shape} and weights {weights.shape} must have the same shape")
-    if isinstance(sigma, (int, float)) and not (math.isfinite(sigma) and sigma > 0):
-        raise ValueError(f"sigma={sigma!r} must be a finite number > 0")
-    sigma = jnp.asarray(sigma, nodes.dtype)
-    theta = nodes.reshape(-1)
-    w = weights.reshape(-1) / (nodes.size // nodes.shape[-1])
-    gauss = jnp.exp(-0.5 * jnp.square((grid[:, None] - theta[None, :]) / sigma)) / (jnp.sqrt(2 * jnp.pi) * sigma)
-    phi = gauss @ w
-    total = jnp.trapezoid(phi, grid)
-    return phi / jnp.where(total > 0, total, 1)
 
 
 def bottom_k_eigenpairs(matvec: Callable, v0: Array, k: int, num_iters: int | None = None, *, params=(),

@@ -18,7 +18,8 @@ from jax.flatten_util import ravel_pytree
 
 import hessjax
 from hessjax.hvp import chunk_data, dataset_loss, flat_hessian_matvec
-from hessjax.spectral import (SLQResult, TraceEstimate, bottom_k_eigenpairs, density_on_grid, hutchinson_trace,
+from hessjax.density import density_on_grid
+from hessjax.spectral import (SLQResult, TraceEstimate, bottom_k_eigenpairs, hutchinson_trace,
                               probe_vectors, slq_density, slq_estimate)
 
 SIZES = (6, 5, 4, 3)  # P = 35 + 24 + 15 = 74

@@ -1,0 +1,77 @@
+r"""``python -m hessjax.report OUT [--id ID]``: plots, derived tables and a one-page summary of a sweep.
+
+Reads what :mod:`hessjax.sweep` (or the torch pipeline, :mod:`hessjax.bridges.torch_pipeline`) wrote
+into ``OUT`` — the Zarr store ``ID.zarr`` if there is one, otherwise the per-λ CSV/npy files — and
+writes into ``OUT/report-ID/`` (never into the store)::
+
+    derived.csv / derived.json     per-λ metrics, outliers, gap, overlaps and branch ids (below)
+    eigenvalues.{png,svg}          top-k eigenvalues vs λ (log y) with the penalty's 2λ for reference
+    outliers.{png,svg}             λ₁, the number of outliers above the bulk, the gap λ₁/λ_k
+    performance.{png,svg}          train/test loss and test accuracy
+    distance.{png,svg}             ‖θ − θ_ref‖ and ‖∇L_eff‖
+    overlaps.{png,svg}             eigenvector overlaps between neighbouring λ
+    branches.{png,svg}             eigenvalue branches followed through crossings
+    trace / density / bottom       only when the store has those arrays (see :data:`EXTRA_ARRAYS`)
+    summary.md                     headline numbers, the definitions and every plot
+
+A sweep still running is fine: only rows whose ``done`` flag is set (store) or λ listed in
+``Model-ID.csv`` (files) are used. Eigenvectors are read one λ at a time (two ``[k, P]`` arrays in
+memory at once).
+
+**Definitions.** With ``λ`` the penalty and ``λ_1 ≥ … ≥ λ_k`` the top-k eigenvalues of ``∇²L_eff``:
+
+* *data curvature* ``μ_i = λ_i − 2λ`` (the penalty adds exactly ``2λI``);
+* *outliers above the bulk*: ``n_out = #{i : μ_i > c · median(μ_1 … μ_k)}`` with ``c`` =
+  ``--outlier-factor`` (default 3). The median of the top k stands in for the upper bulk; the count
+  is NaN when that median is ≤ 0, and it saturates near ``k/2`` (for ``c ≥ 1`` at most half of the
+  top k can exceed their median), which means k is too small to reach the bulk;
+* *gap* ``λ_1 / λ_k`` (NaN when ``λ_k ≤ 0``);
+* *overlap* between neighbouring finished λ ``a < b`` (consecutive among those with eigenvectors; a
+  diverged λ is stepped over): ``O_ij = |⟨v_i(a), v_j(b)⟩|`` (k × k);
+* *branches*: ``scipy.optimize.linear_sum_assignment`` on ``−O`` pairs each eigenvector at ``b`` with
+  one at ``a``, maximising the summed overlap; a pair with ``O_ij ≥ --min-overlap`` (default 0.5)
+  continues the branch of ``i``, otherwise ``j`` starts a new branch (a direction that entered the
+  top k). Branch ids count from 0 in order of appearance (at the first λ branch ``i`` is eigenvalue
+  ``i + 1``); ``-1`` marks an eigenvalue without a branch (NaN, or no eigenvectors at that λ). A
+  branch follows one curvature direction through crossings, where the eigenvalue index of that
+  direction changes; a *crossing* pair is a neighbouring pair across which some branch changes index.
+  Without any eigenvectors (``--eigenvectors none`` and no store) branches are the indices.
+
+**Modules.** :mod:`~hessjax.report.load` reads a sweep (:class:`SweepData`), :mod:`~hessjax.report.derived`
+computes outliers, gap and the SLQ density on a grid, :mod:`~hessjax.report.branches` the overlaps and
+branches, :mod:`~hessjax.report.figures` draws the plots, :mod:`~hessjax.report.summary` writes the
+files and :mod:`~hessjax.report.cli` is the command line; their public names are re-exported here.
+"""
+
+from __future__ import annotations
+
+# Also importable from here, beyond __all__: UsageError, METRICS, FORMATS, density_on_grid, slq_to_density,
+# build_parser and the helpers _reordered_pairs and _representative_pairs (used by the tests).
+from ..density import density_on_grid, slq_to_density
+from ..results import UsageError
+from .branches import DEFAULT_MIN_OVERLAP, _reordered_pairs, match_branches, overlap_matrix
+from .cli import build_parser, main
+from .derived import DEFAULT_OUTLIER_FACTOR, Derived, compute_derived, gap_ratio, outlier_counts
+from .figures import _representative_pairs, make_figures
+from .load import EXTRA_ARRAYS, METRICS, SweepData, find_run_ids, load_sweep
+from .summary import FORMATS, ReportResult, render_report, write_report
+
+__all__ = [
+    "DEFAULT_MIN_OVERLAP",
+    "DEFAULT_OUTLIER_FACTOR",
+    "EXTRA_ARRAYS",
+    "Derived",
+    "ReportResult",
+    "SweepData",
+    "compute_derived",
+    "find_run_ids",
+    "gap_ratio",
+    "load_sweep",
+    "main",
+    "make_figures",
+    "match_branches",
+    "outlier_counts",
+    "overlap_matrix",
+    "render_report",
+    "write_report",
+]

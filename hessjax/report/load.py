@@ -1,0 +1,244 @@
+"""Reading a sweep: the finished λ of one run from its Zarr store or its per-λ CSV/npy files."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+import re
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .. import results
+from ..results import UsageError, lambda_label
+from ..density import slq_to_density
+
+#: Optional arrays of the store that get their own plot: name -> dimension names.
+EXTRA_ARRAYS = {
+    "trace": ("lambda",),  # Hutchinson estimate of tr ∇²L_eff
+    "trace_stderr": ("lambda",),  # its standard error
+    "density": ("lambda", "grid"),  # SLQ spectral density on density_grid, integrating to 1
+    "density_grid": ("grid",),  # the grid (coordinate), ascending
+    "bottom_eigenvalues": ("lambda", "bottom"),  # smallest eigenvalues, ascending
+}
+METRICS = ("train_loss", "test_loss", "test_accuracy", "grad_norm", "distance_to_anchor", "max_residual", "epochs",
+           "converged", "diverged")
+_LABEL_RE = r"[0-9]+(?:\.[0-9]+)?"
+
+
+@dataclasses.dataclass
+class SweepData:
+    """The finished λ of one run, ascending; eigenvectors are read lazily, one λ at a time."""
+
+    run_id: str
+    source: str  # "zarr" or "csv"
+    lambdas: np.ndarray  # [n] float64 ascending, finished λ only
+    metrics: dict[str, np.ndarray]  # name -> [n] float64 (NaN where unknown), names from METRICS
+    eigenvalues: np.ndarray  # [n, k] float64, largest first, NaN-padded
+    total_lambdas: int  # λ in the grid so far (finished or not), as far as the files tell
+    n_params: int | None = None
+    extras: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # EXTRA_ARRAYS found, rows as lambdas
+    vector_reader: Callable[[int], np.ndarray | None] | None = None  # i -> [k, P] rows, or None
+
+    @property
+    def k(self) -> int:
+        return int(self.eigenvalues.shape[1])
+
+    def eigenvectors(self, i: int) -> np.ndarray | None:
+        """``[k, P]`` float32 eigenvectors of the i-th finished λ (row j = eigenvector j+1), or ``None``
+        when there are none (not written, or NaN as for a diverged λ)."""
+        if self.vector_reader is None:
+            return None
+        vecs = self.vector_reader(i)
+        if vecs is None or vecs.ndim != 2 or vecs.shape[0] == 0 or not np.any(np.isfinite(vecs)):
+            return None
+        bad = ~np.all(np.isfinite(vecs), axis=1)  # NaN padding of missing pairs: zero, so they match nothing
+        if bad.any():
+            vecs = np.where(bad[:, None], 0, vecs).astype(vecs.dtype)
+        return vecs
+
+
+def find_run_ids(out: str | Path) -> list[str]:
+    """Run ids with a store, a ``Model-ID.csv`` or eigenvalue files in ``out``, sorted."""
+    out = Path(out)
+    ids = set()
+    for p in out.iterdir():
+        name = p.name
+        if name.startswith(results.TEMP_PREFIX):
+            continue
+        if name.endswith(".zarr") and (p / "zarr.json").is_file():
+            ids.add(name[: -len(".zarr")])
+        elif m := re.fullmatch(r"Model-(.+)\.csv", name):
+            ids.add(m.group(1))
+        elif m := re.fullmatch(rf"Hessian-eigenvalues-(.+)-{_LABEL_RE}\.csv", name):
+            ids.add(m.group(1))
+    return sorted(ids)
+
+
+def _resolve(out: str | Path, run_id: str | None) -> tuple[Path, str]:
+    out = Path(out)
+    if not out.exists():
+        raise UsageError(f"{str(out)!r} does not exist")
+    if not out.is_dir():
+        raise UsageError(f"{str(out)!r} is not a directory")
+    ids = find_run_ids(out)
+    if run_id is None:
+        if not ids:
+            raise UsageError(f"{str(out)!r} holds no sweep results (no ID.zarr, Model-ID.csv or eigenvalue files)")
+        if len(ids) > 1:
+            raise UsageError(f"{str(out)!r} holds several runs ({', '.join(ids)}); choose one with --id")
+        return out, ids[0]
+    if run_id not in ids:
+        found = f" (found: {', '.join(ids)})" if ids else ""
+        raise UsageError(f"{str(out)!r} holds no results of run {run_id!r}{found}")
+    return out, run_id
+
+
+def load_sweep(out: str | Path, run_id: str | None = None, *, source: str = "auto") -> SweepData:
+    """The finished part of run ``run_id`` (default: the only run) in ``out``.
+
+    ``source``: ``"zarr"`` (the store), ``"csv"`` (the per-λ files) or ``"auto"`` (the store if present).
+    Raises :class:`UsageError` for a missing/empty directory, an ambiguous or unknown id, or no finished λ.
+    """
+    if source not in ("auto", "zarr", "csv"):
+        raise UsageError(f"--source {source!r}: expected auto, zarr or csv")
+    out, run_id = _resolve(out, run_id)
+    store = results.store_path(out, run_id)
+    has_store = (store / "zarr.json").is_file()
+    if source == "zarr" and not has_store:
+        raise UsageError(f"{str(store)!r} is not a Zarr store")
+    data = _load_zarr(store, run_id) if has_store and source != "csv" else _load_files(out, run_id)
+    if data.lambdas.size == 0:
+        raise UsageError(f"run {run_id!r} in {str(out)!r} has no finished λ yet")
+    return data
+
+
+def _load_zarr(path: Path, run_id: str) -> SweepData:
+    import zarr
+
+    try:
+        group = zarr.open_group(str(path), mode="r", use_consolidated=False)  # fresh metadata mid-sweep
+        lam = np.asarray(group["lambda"][:], np.float64)
+        done = np.asarray(group["done"][:], bool)
+    except (KeyError, ValueError, OSError) as err:
+        raise UsageError(f"{str(path)!r} is not a readable sweep store: {err}") from None
+    n = min(lam.size, done.size)  # the coordinate grows last when the grid is extended
+    rows = np.flatnonzero(done[:n] & np.isfinite(lam[:n]))
+    rows = rows[np.argsort(lam[rows], kind="stable")]
+    names = set(group.array_keys())
+
+    def take(name: str) -> np.ndarray:
+        return np.asarray(group[name][:n])[rows]
+
+    metrics = {m: take(m).astype(np.float64) for m in METRICS if m in names}
+    eigenvalues = take("eigenvalues").astype(np.float64) if "eigenvalues" in names else np.zeros((rows.size, 0))
+    extras = {}
+    for name, dims in EXTRA_ARRAYS.items():
+        if name in names:
+            extras[name] = (take(name) if dims[0] == "lambda" else np.asarray(group[name][:])).astype(np.float64)
+    if "density" not in extras and {"slq_nodes", "slq_weights"} <= names and rows.size:
+        extras.update(slq_to_density(take("slq_nodes"), take("slq_weights")))
+    reader = None
+    if "eigenvectors" in names:
+        vectors = group["eigenvectors"]
+
+        def reader(i: int) -> np.ndarray:
+            return np.asarray(vectors[int(rows[i])])
+
+    n_params = group.attrs.get("n_params")
+    n_params = None if n_params is None else int(n_params)
+    return SweepData(run_id, "zarr", lam[rows], metrics, eigenvalues, int(n), n_params, extras, reader)
+
+
+def _parse_cell(text: str) -> float:
+    text = text.strip()
+    if text in ("True", "False"):
+        return float(text == "True")
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan
+
+
+def _read_model_csv(path: Path) -> tuple[np.ndarray, dict[str, np.ndarray]] | None:
+    if not path.is_file():
+        return None
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return np.zeros(0), {}
+    key = next((c for c in ("lambda", "L2", "l2", "lam") if c in rows[0]), None)
+    if key is None:
+        raise UsageError(f"{str(path)!r} has no lambda column")
+    lams = np.array([_parse_cell(r[key]) for r in rows])
+    metrics = {m: np.array([_parse_cell(r[m]) for r in rows]) for m in METRICS if m in rows[0]}
+    return lams, metrics
+
+
+def _files_lambdas(out: Path, run_id: str) -> dict[float, str]:
+    pattern = re.compile(rf"Hessian-eigenvalues-{re.escape(run_id)}-({_LABEL_RE})\.csv")
+    found = {}
+    for p in out.iterdir():
+        if m := pattern.fullmatch(p.name):
+            found[results.round_lambda(float(m.group(1)))] = m.group(1)
+    return found
+
+
+def _load_files(out: Path, run_id: str) -> SweepData:
+    """Model-ID.csv (its rows are the finished λ), else the records, else the eigenvalue files present."""
+    on_disk = _files_lambdas(out, run_id)
+    model = _read_model_csv(results.model_csv_path(out, run_id))
+    if model is not None:
+        lams, metrics = model
+    elif records := results.finished_lambdas(out, run_id):
+        lams = np.array(list(records))
+        metrics = {m: np.array([float(r.get(m, math.nan)) for r in records.values()]) for m in METRICS}
+    else:
+        lams, metrics = np.array(sorted(on_disk)), {}
+    order = np.argsort(lams, kind="stable")
+    lams = np.array([results.round_lambda(v) for v in lams[order]])
+    metrics = {m: v[order] for m, v in metrics.items()}
+    labels = [on_disk.get(lam, lambda_label(lam)) for lam in lams]
+
+    values = []
+    for label in labels:
+        path = out / f"Hessian-eigenvalues-{run_id}-{label}.csv"
+        values.append(np.loadtxt(path, skiprows=1, ndmin=1, dtype=np.float64) if path.is_file() else np.zeros(0))
+    k = max((v.size for v in values), default=0)
+    eigenvalues = np.full((lams.size, k), np.nan)
+    for i, v in enumerate(values):
+        eigenvalues[i, : v.size] = v
+
+    if "grad_norm" not in metrics or np.all(np.isnan(metrics["grad_norm"])):
+        norms = []
+        for label in labels:
+            path = out / f"gradients-{run_id}-{label}.csv"
+            norms.append(float(np.linalg.norm(np.loadtxt(path, delimiter=",", skiprows=1, usecols=1, ndmin=1)))
+                         if path.is_file() else math.nan)
+        metrics["grad_norm"] = np.array(norms)
+
+    n_params = None
+
+    def reader(i: int) -> np.ndarray | None:
+        nonlocal n_params
+        npy = out / f"Hessian-eigenvectors-{run_id}-{labels[i]}.npy"
+        text = out / f"Hessian-eigenvectors-{run_id}-{labels[i]}.csv"
+        if npy.is_file():
+            vecs = np.load(npy, allow_pickle=False).T  # stored [P, k]
+        elif text.is_file():
+            with open(text, encoding="utf-8") as f:
+                ncol = len(f.readline().split(","))
+            vecs = np.loadtxt(text, delimiter=",", skiprows=1, usecols=range(1, ncol), dtype=np.float32, ndmin=2).T
+        else:
+            return None
+        n_params = vecs.shape[1]
+        return np.ascontiguousarray(vecs, dtype=np.float32)
+
+    total = len(set(lams.tolist()) | set(on_disk))
+    return SweepData(run_id, "csv", lams, metrics, eigenvalues, total, n_params, {}, reader)
+
+
+def _metric(data: SweepData, name: str) -> np.ndarray:
+    return data.metrics.get(name, np.full(data.lambdas.size, np.nan))

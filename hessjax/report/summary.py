@@ -1,0 +1,229 @@
+"""Writing a report: ``derived.csv``, ``derived.json``, the plots and ``summary.md``."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from .. import results
+from ..results import UsageError
+from .branches import DEFAULT_MIN_OVERLAP, _branches, _reordered_pairs
+from .derived import DEFAULT_OUTLIER_FACTOR, Derived, compute_derived
+from .figures import make_figures
+from .load import SweepData, _metric, load_sweep
+
+FORMATS = ("png", "svg")
+
+
+def _plain(x):
+    """JSON values: numpy to Python, non-finite floats to null."""
+    if isinstance(x, Mapping):
+        return {str(k): _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple, np.ndarray)):
+        return [_plain(v) for v in (x.tolist() if isinstance(x, np.ndarray) else x)]
+    if isinstance(x, (bool, np.bool_)):
+        return bool(x)
+    if isinstance(x, (int, np.integer)):
+        return int(x)
+    if isinstance(x, (float, np.floating)):
+        return float(x) if math.isfinite(float(x)) else None
+    return x if x is None or isinstance(x, str) else str(x)
+
+
+def _columns(data: SweepData, derived: Derived) -> dict[str, np.ndarray]:
+    n, k = data.lambdas.size, data.k
+    cols: dict[str, np.ndarray] = {"lambda": data.lambdas}
+    for m in ("train_loss", "test_loss", "test_accuracy", "grad_norm", "distance_to_anchor", "max_residual"):
+        cols[m] = _metric(data, m)
+    cols["lambda_1"] = data.eigenvalues[:, 0] if k else np.full(n, np.nan)
+    cols["lambda_k"] = np.array([r[np.isfinite(r)][-1] if np.isfinite(r).any() else np.nan for r in data.eigenvalues])
+    cols["gap"] = derived.gap
+    cols["n_outliers"] = derived.n_outliers
+    cols["outlier_threshold"] = derived.outlier_threshold
+    if "trace" in data.extras:
+        cols["trace"] = data.extras["trace"]
+        cols["trace_stderr"] = data.extras.get("trace_stderr", np.full(n, np.nan))
+        if data.n_params:
+            cols["trace_data"] = data.extras["trace"] - 2 * data.lambdas * data.n_params
+    if "bottom_eigenvalues" in data.extras:
+        cols["lambda_min"] = np.atleast_2d(data.extras["bottom_eigenvalues"])[:, 0]
+    for j in range(k):
+        cols[f"eig_{j + 1}"] = data.eigenvalues[:, j]
+    for j in range(k):
+        cols[f"branch_{j + 1}"] = derived.branch[:, j]
+    for j in range(k):
+        cols[f"overlap_prev_{j + 1}"] = derived.matched_overlap[:, j]
+    return cols
+
+
+def _cell(v) -> str:
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    v = float(v)
+    return "" if math.isnan(v) else repr(v)
+
+
+def _headline(data: SweepData, derived: Derived, branches: Mapping) -> list[tuple[str, str]]:
+    lam = data.lambdas
+    lo, hi = 0, lam.size - 1
+
+    def at(values, fmt="{:.4g}") -> str:
+        values = np.asarray(values, np.float64)
+        text = [("—" if not np.isfinite(values[i]) else fmt.format(values[i])) for i in (lo, hi)]
+        return text[0] if lo == hi else f"{text[0]} → {text[1]}"
+
+    acc = _metric(data, "test_accuracy")
+    rows = [
+        ("run id / source", f"{data.run_id} / {'Zarr store' if data.source == 'zarr' else 'per-λ CSV files'}"),
+        ("λ finished", f"{lam.size} of {data.total_lambdas}, λ ∈ [{lam[lo]:.4g}, {lam[hi]:.4g}]"),
+        ("parameters P / k", f"{data.n_params if data.n_params else '?'} / {data.k}"),
+        ("λ₁ (smallest → largest λ)", at(data.eigenvalues[:, 0] if data.k else np.full(lam.size, np.nan))),
+        ("outliers above the bulk", at(derived.n_outliers, "{:.0f}")),
+        ("gap λ₁/λ_k", at(derived.gap, "{:.3g}")),
+        ("train loss", at(_metric(data, "train_loss"))),
+        ("test loss", at(_metric(data, "test_loss"))),
+        ("test accuracy", at(100 * acc, "{:.2f}%")),
+    ]
+    if np.isfinite(acc).any():
+        best = int(np.nanargmax(acc))
+        rows.append(("best test accuracy", f"{100 * acc[best]:.2f}% at λ = {lam[best]:.4g}"))
+    rows += [
+        ("‖θ − θ_ref‖", at(_metric(data, "distance_to_anchor"))),
+        ("‖∇L_eff‖ (max)", "—" if not np.isfinite(_metric(data, "grad_norm")).any()
+         else f"{np.nanmax(_metric(data, 'grad_norm')):.3g}"),
+        ("branches / λ pairs with a crossing", f"{len(branches)} / {_reordered_pairs(derived)}"
+         + ("" if derived.has_vectors else " (no eigenvectors)")),
+    ]
+    if derived.has_vectors:
+        rows.append(("lowest matched overlap", f"{np.nanmin(derived.matched_overlap):.3f}"
+                     if np.isfinite(derived.matched_overlap).any() else "—"))
+    if "trace" in data.extras:
+        rows.append(("Hessian trace", at(data.extras["trace"])))
+    if "bottom_eigenvalues" in data.extras:
+        rows.append(("λ_min", at(np.atleast_2d(data.extras["bottom_eigenvalues"])[:, 0])))
+    return rows
+
+
+@dataclasses.dataclass
+class ReportResult:
+    directory: Path  # OUT/report-ID
+    files: list[Path]  # every file written
+    derived: dict  # the content of derived.json
+    figures: dict  # name -> matplotlib Figure (only with keep_figures=True)
+
+
+def render_report(out: str | Path, run_id: str | None = None, *, source: str = "auto",
+                  outlier_factor: float = DEFAULT_OUTLIER_FACTOR, min_overlap: float = DEFAULT_MIN_OVERLAP,
+                  formats: Sequence[str] = FORMATS, keep_figures: bool = False) -> ReportResult:
+    """Read run ``run_id`` of ``out`` (:func:`load_sweep`) and write its report into ``out/report-ID/``."""
+    _check_settings(outlier_factor, min_overlap, formats)
+    data = load_sweep(out, run_id, source=source)
+    return write_report(data, Path(out) / f"report-{data.run_id}", outlier_factor=outlier_factor,
+                        min_overlap=min_overlap, formats=formats, keep_figures=keep_figures)
+
+
+def _check_settings(outlier_factor, min_overlap, formats) -> None:
+    if not (math.isfinite(outlier_factor) and outlier_factor > 0):
+        raise UsageError(f"--outlier-factor {outlier_factor}: must be a positive number")
+    if not 0 <= min_overlap <= 1:
+        raise UsageError(f"--min-overlap {min_overlap}: must be in [0, 1]")
+    bad = [f for f in formats if f not in FORMATS]
+    if bad or not formats:
+        raise UsageError(f"--formats {','.join(formats)}: choose from {', '.join(FORMATS)}")
+
+
+def write_report(data: SweepData, directory: str | Path, *, outlier_factor: float = DEFAULT_OUTLIER_FACTOR,
+                 min_overlap: float = DEFAULT_MIN_OVERLAP, formats: Sequence[str] = FORMATS,
+                 keep_figures: bool = False) -> ReportResult:
+    """Compute the derived quantities of ``data`` and write every report file into ``directory``.
+
+    Returns the files written, the content of ``derived.json`` and (``keep_figures=True``) the figures.
+    """
+    _check_settings(outlier_factor, min_overlap, formats)
+    derived = compute_derived(data, outlier_factor=outlier_factor, min_overlap=min_overlap)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    files: list[Path] = []
+
+    cols = _columns(data, derived)
+    lines = [",".join(cols)] + [",".join(_cell(c[i]) for c in cols.values()) for i in range(data.lambdas.size)]
+    files.append(results.atomic_write(directory / "derived.csv",
+                                      lambda tmp: tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")))
+
+    figs, series = make_figures(data, derived)
+    plots = {}
+    for name, fig in figs.items():
+        written = []
+        for fmt in formats:
+            path = directory / f"{name}.{fmt}"
+            files.append(results.atomic_write(path, lambda tmp, fig=fig, fmt=fmt: fig.savefig(tmp, format=fmt,
+                                                                                              dpi=120)))
+            written.append(path.name)
+        plots[name] = {"files": written, "series": series[name],
+                       "lines": sum(len(ax.lines) for ax in fig.axes)}
+
+    branches = _branches(data, derived)
+    headline = _headline(data, derived, branches)
+    report = {
+        "run_id": data.run_id,
+        "source": data.source,
+        "k": data.k,
+        "n_params": data.n_params,
+        "n_lambdas": int(data.lambdas.size),
+        "total_lambdas": data.total_lambdas,
+        "settings": {"outlier_factor": outlier_factor, "min_overlap": min_overlap},
+        "definitions": {
+            "n_outliers": "#{i: λ_i − 2λ > outlier_factor · median over the top k of (λ_j − 2λ)}; "
+                          "null when that median ≤ 0",
+            "gap": "λ_1 / λ_k (null when λ_k ≤ 0)",
+            "overlap_prev_j": "|⟨v_i(previous λ), v_j(λ)⟩| of the matched i (optimal assignment); "
+                              "null for the first λ and for a new branch",
+            "branch_j": "branch id of eigenvalue j: continued when the matched overlap ≥ min_overlap, else new",
+        },
+        "columns": cols,
+        "max_overlap": derived.max_overlap,
+        "branches": {str(b): v for b, v in branches.items()},
+        "n_branches": len(branches),
+        "reordered_pairs": _reordered_pairs(derived),
+        "extras": sorted(data.extras),
+        "plots": plots,
+        "headline": dict(headline),
+    }
+    text = json.dumps(_plain(report), indent=1, allow_nan=False, ensure_ascii=False) + "\n"
+    files.append(results.atomic_write(directory / "derived.json", lambda tmp: tmp.write_text(text, encoding="utf-8")))
+
+    md = _summary_markdown(data, headline, plots, outlier_factor, min_overlap, formats)
+    files.append(results.atomic_write(directory / "summary.md", lambda tmp: tmp.write_text(md, encoding="utf-8")))
+    if not keep_figures:
+        figs = {}
+    return ReportResult(directory, files, report, figs)
+
+
+def _summary_markdown(data, headline, plots, outlier_factor, min_overlap, formats) -> str:
+    fmt = "png" if "png" in formats else formats[0]
+    out = [f"# Hessian sweep report: `{data.run_id}`", "", "| quantity | value |", "|---|---|"]
+    out += [f"| {name} | {value} |" for name, value in headline]
+    out += [
+        "",
+        "Definitions: λ is the penalty of L_eff = mean CE + λ‖θ − θ_ref‖², which adds exactly 2λI to the "
+        "Hessian. *Outliers above the bulk*: eigenvalues with λ_i − 2λ > "
+        f"{outlier_factor:g} × the median of λ_j − 2λ over the top {data.k} (saturates near k/2: then k is too "
+        "small to reach the bulk). *Gap*: λ₁/λ_k. *Branches*: eigenvectors at neighbouring finished λ paired by "
+        "an optimal assignment on |⟨v_i, v_j⟩|; a pair with overlap ≥ "
+        f"{min_overlap:g} continues a branch, otherwise a new branch starts. Per-λ values are in "
+        "`derived.csv`/`derived.json`.",
+        "",
+    ]
+    titles = {
+        "eigenvalues": "Top-k eigenvalues", "outliers": "λ₁, outliers and gap", "performance": "Loss and accuracy",
+        "distance": "Distance to the anchor", "overlaps": "Eigenvector overlaps", "branches": "Eigenvalue branches",
+        "trace": "Hessian trace", "density": "Spectral density", "bottom": "Bottom eigenvalues",
+    }
+    for name in plots:
+        out += [f"## {titles.get(name, name)}", "", f"![{name}]({name}.{fmt})", ""]
+    return "\n".join(out)
