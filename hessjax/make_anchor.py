@@ -35,7 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import jax
     import numpy as np
-    import torch
+    from importlib.metadata import version
 
     from . import engine
     from .bridges.anchor import anchor_from_state_dict, save_state_dict
@@ -93,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "train_samples": int(data.x_train.shape[0]),
         "seconds": round(time.perf_counter() - t0, 1),
         "sha256": sha,
-        "torch": torch.__version__,
+        "torch": version("torch"),
         "jax": jax.__version__,
     }
     for key, value in summary.items():
