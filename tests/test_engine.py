@@ -1,7 +1,8 @@
 """The compiled per-batch programs: a λ batch gives each member what it gets alone.
 
 A tiny float64 network on synthetic data keeps this in the quick selection: one batch whose members
-behave differently (different training lengths and Lanczos restarts, one diverging) against each
+behave differently (different training lengths; one converges in the first Lanczos pass, one needs
+a restart; one diverges) against each
 member run as a batch of one (which takes the un-vmapped path of ``Programs.analyze``), and the
 top-k against a dense float64 reference of the data Hessian at the analysed weights.
 """
@@ -32,7 +33,8 @@ def problem():
     start = initial_params(0, SIZES, jnp.float64)
     programs = engine.Programs(engine.lambda_mesh(), TrainConfig(lr=0.02, batch_size=16, max_epochs=12, patience=2,
                                                                  min_delta=1e-3),
-                               engine.SpectrumConfig(k=3, num_iters=10, tol=1e-10, bottom_k=2, trace_probes=4))
+                               engine.SpectrumConfig(k=3, num_iters=32, tol=1e-10, bottom_k=2, trace_probes=4,
+                                                     multiplicity_check=False))
     chunks = chunk_data(x, y, 20)
     rep = programs.put_replicated
     return dict(programs=programs, x=rep(x), y=rep(y), chunks=rep(chunks), anchor=rep(anchor), start=rep(start),
@@ -54,7 +56,8 @@ def test_a_batch_gives_each_member_what_it_gets_alone(problem):
     states, batch = _run(problem, LAMS)
     assert list(states.diverged) == [False, False, True]
     assert len(set(int(e) for e in states.epoch[:2])) == 2  # the members stop at different epochs
-    assert len(set(int(r) for r in batch.eig.num_restarts[:2])) == 2  # and need different numbers of restarts
+    restarts = [int(r) for r in batch.eig.num_restarts[:2]]
+    assert min(restarts) == 0 < max(restarts)  # one converges in its first pass, the other needs a restart
     for i, lam in enumerate(LAMS):
         s1, a1 = _run(problem, [lam])
         assert int(s1.epoch[0]) == int(states.epoch[i]) and bool(s1.diverged[0]) == bool(states.diverged[i])
