@@ -30,3 +30,32 @@ def test_a_tiny_sweep_writes_certified_eigenvalues(tmp_path):
         assert np.all(cert["error_bound"] <= cert["residual"])
     model = pd.read_csv(tmp_path / "Model-default.csv")
     assert model["lambda"].tolist() == [0, 0.05] and model["num_converged_eigs"].tolist() == [3, 3]
+
+
+def test_a_failed_write_stops_the_sweep_and_keeps_what_was_finished(tmp_path, monkeypatch, capsys):
+    """The writer thread fails on the second λ (a full disk, say): the sweep stops with one error line
+    and exit status 1, the first λ stays finished, and rerunning finishes the rest."""
+    from hessjax import results
+    from hessjax.sweep import write
+
+    real = results.write_gradients_csv
+
+    def failing(out, run_id, lam, *args, **kwargs):
+        if lam == 0.05:
+            raise OSError(28, "No space left on device")
+        return real(out, run_id, lam, *args, **kwargs)
+
+    monkeypatch.setattr(write.results, "write_gradients_csv", failing)
+    args = ["--out", str(tmp_path), "--lambdas", "0,0.05,0.1", "--train-samples", "300", "--test-samples", "100",
+            "--hessian-samples", "200", "--k", "3", "--max-epochs", "2", "--batch-size", "100", "--chunk-size", "100",
+            "--quiet"]
+    assert sweep.main(args) == 1
+    err = capsys.readouterr().err.strip().splitlines()  # --quiet: one line per finished batch, then the error
+    errors = [line for line in err if line.startswith("error:")]
+    assert errors == [err[-1]] and err[-1].startswith("error: writing results failed: OSError") and "rerun" in err[-1]
+    assert sorted(p.name for p in (tmp_path / "records").iterdir()) == ["default-0.json"]
+    assert not (tmp_path / "records" / "default-0.1.json").exists()  # nothing after the failure was written
+    monkeypatch.setattr(write.results, "write_gradients_csv", real)
+    assert sweep.main(args) == 0
+    model = pd.read_csv(tmp_path / "Model-default.csv")
+    assert model["lambda"].tolist() == [0, 0.05, 0.1]

@@ -212,7 +212,7 @@ def _run_batches(ctx, compute, store, todo, writer, progress, report, start) -> 
     batches = [todo[i: i + size] for i in range(0, len(todo), size)]
     for lams in batches:
         t0 = time.perf_counter()
-        b = len(report["batches"]) + len(report["blocked"]) + 1
+        b = len(report["blocked"]) + 1  # batches dispatched so far, this one included
 
         def on_epoch(epoch, states, b=b, n=len(lams)):
             if not ctx.config.quiet:
