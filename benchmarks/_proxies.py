@@ -1,8 +1,8 @@
 """CPU proxies of what the sweep does on an accelerator (``python benchmarks/sweep.py --proxies``).
 
-(a) host-blocked seconds per batch — the main thread waiting for the host while the device has
-    nothing queued: with writes overlapped, only the wait for the writer thread; without, the whole
-    write of the batch — as a fraction of the batch's wall time;
+(a) host-blocked seconds per batch — the device has nothing queued while the host works: without
+    overlap, the whole write of the batch; with it, only the main thread's waits for the writer
+    thread — as a fraction of the batch's wall time;
 (b) per-λ wall time of a sweep at ``--lambda-batch 8`` ÷ ``--lambda-batch 1``;
 (c) Lanczos products a batch executed (members run in lockstep: the most any member needed) ÷ the
     sum of what its members needed;
@@ -81,11 +81,14 @@ def sweep_summary(**settings) -> dict:
         return summary | {"wall_s": time.perf_counter() - t0}
 
 
-def blocked_fraction(summary: dict) -> dict:
-    """(a) from a sweep's summary: host-blocked seconds over the batches' wall time (first batch —
-    compilation — left out)."""
+def blocked_fraction(summary: dict, overlap: bool) -> dict:
+    """(a) from a sweep's summary, the first batch (compilation) left out: the seconds the host kept the
+    device idle — the whole write of each batch when writes are synchronous (the device has finished
+    and the next batch is not dispatched), the waits for the writer thread when they are overlapped —
+    over the batches' wall time (dispatch to dispatch)."""
     rows = summary["blocked"][1:] or summary["blocked"]
-    blocked = float(sum(r["blocked_s"] for r in rows))
+    writes = summary["batches"][1:] or summary["batches"]
+    blocked = float(sum(r["blocked_s"] for r in rows)) if overlap else float(sum(b["write_s"] for b in writes))
     wall = float(sum(r["wall_s"] for r in rows))
     return {"batches": len(rows), "blocked_s": blocked, "wall_s": wall, "fraction": blocked / wall if wall else None}
 

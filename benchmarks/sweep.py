@@ -209,7 +209,7 @@ def proxies(args) -> int:
     blocked = {}
     for overlap in (False, True):
         summary = X.sweep_summary(**main_settings, overlap_writes=overlap)
-        blocked[overlap] = X.blocked_fraction(summary)
+        blocked[overlap] = X.blocked_fraction(summary, overlap)
         print(f"    writes {'overlapped' if overlap else 'synchronous'}: {blocked[overlap]['blocked_s']:.1f} s "
               f"blocked of {blocked[overlap]['wall_s']:.1f} s", flush=True)
     print(f"(a) host-blocked fraction, λ-batch 4, {args.proxy_samples} samples: synchronous writes "
