@@ -18,6 +18,8 @@ import torch
 
 from conftest import ANCHOR, REPO, SMALL, read_pth, sweep
 
+EPS32 = float(np.finfo(np.float32).eps)
+
 pytestmark = pytest.mark.slow
 
 def test_every_file_in_the_original_layout(base_run):
@@ -36,7 +38,7 @@ def test_every_file_in_the_original_layout(base_run):
         vecs = pd.read_csv(out / f"Hessian-eigenvectors-default-{label}.csv")
         assert list(vecs.columns) == ["parameter", "v1", "v2", "v3", "v4"] and len(vecs) == 118_282
         V = vecs[["v1", "v2", "v3", "v4"]].to_numpy()
-        np.testing.assert_allclose(V.T @ V, np.eye(4), atol=1e-5)
+        np.testing.assert_allclose(V.T @ V, np.eye(4), atol=32 * EPS32)  # measured ≤ 4.3 ε: float32 Ritz vectors
         sd = read_pth(out / f"model_weights-default-{label}.pth")
         assert list(sd) == ["0.weight", "0.bias", "2.weight", "2.bias", "4.weight", "4.bias"]
         assert (out / "records" / f"default-{label}.json").exists()
@@ -48,15 +50,18 @@ def test_every_file_in_the_original_layout(base_run):
 
 def test_weights_in_torch_reproduce_losses_and_eigenpairs(base_run):
     """The written weights loaded into torch give the recorded losses and gradient, and torch's
-    double-backward HVP at those weights confirms every written eigenpair."""
+    double-backward HVP at those weights, in float64, confirms every written eigenpair: the data
+    Hessian's μ = θ − 2λ with the residual the solver certified (‖Hv − μv‖ ≤ tol·scale, tol = 1e-5)."""
     from hessjax.bridges import TorchHVP, TorchMLP, grad_torch, load_anchor
     from hessjax.mnist import load_mnist
 
     out = base_run
     data = load_mnist(train_samples=600, test_samples=300)
     x, y = torch.from_numpy(data.x_train), torch.from_numpy(data.y_train.astype(np.int64))
+    x64 = torch.from_numpy(load_mnist(train_samples=600, test_samples=1, dtype=np.float64).x_train)
     xt, yt = torch.from_numpy(data.x_test), torch.from_numpy(data.y_test.astype(np.int64))
     anchor = [torch.from_numpy(np.array(a)) for pair in load_anchor(ANCHOR).params for a in pair]
+    anchor64 = [a.double() for a in anchor]
     model_csv = pd.read_csv(out / "Model-default.csv")
     for _, row in model_csv.iterrows():
         lam = float(row["lambda"])
@@ -68,18 +73,25 @@ def test_weights_in_torch_reproduce_losses_and_eigenpairs(base_run):
             logits = model(xt)
             test_loss = float(torch.nn.functional.cross_entropy(logits, yt))
             acc = float((logits.argmax(1) == yt).double().mean())
-        assert train_loss == pytest.approx(row['train_loss'], rel=2e-6)
-        assert test_loss == pytest.approx(row['test_loss'], rel=2e-6)
+        # float32 torch against float32 hessjax, means over 600 and 300 samples: 16 ε
+        assert train_loss == pytest.approx(row['train_loss'], rel=16 * EPS32)
+        assert test_loss == pytest.approx(row['test_loss'], rel=16 * EPS32)
         assert acc == pytest.approx(row['test_accuracy'], abs=1e-6)
-        g_torch = grad_torch(model, anchor, lam, x, y).numpy()
+        model64 = TorchMLP().double()
+        model64.load_state_dict({k: w.double() for k, w in model.state_dict().items()}, strict=True)
+        g_torch = grad_torch(model64, anchor64, lam, x64, y).numpy()
         g_file = pd.read_csv(out / f"gradients-default-{label}.csv")["gradient"].to_numpy()
-        assert np.linalg.norm(g_file - g_torch) <= 1e-4 * np.linalg.norm(g_torch)
+        # float32 against float64: measured ≤ 2.5 ε relative; a wrong term would be far off
+        assert np.linalg.norm(g_file - g_torch) <= 16 * EPS32 * np.linalg.norm(g_torch)
         vals = pd.read_csv(out / f"Hessian-eigenvalues-default-{label}.csv")["eigenvalue"].to_numpy()
         V = pd.read_csv(out / f"Hessian-eigenvectors-default-{label}.csv").iloc[:, 1:].to_numpy().T
-        op = TorchHVP(model, anchor, lam, x[:400], y[:400])
-        for theta, v in zip(vals, V):
-            hv = op(torch.from_numpy(v.astype(np.float32))).numpy().astype(np.float64)
-            assert np.linalg.norm(hv - theta * v) <= 1e-4 * abs(vals[0]), (label, theta)
+        rec = json.loads((out / "records" / f"default-{label}.json").read_text())
+        np.testing.assert_array_equal(vals - 2 * lam, rec["data_eigenvalues"])  # θ = μ + 2λ, exactly in float64
+        op = TorchHVP(model64, anchor64, 0.0, x64[:400], y[:400])  # the data Hessian over the Hessian samples
+        for mu, v in zip(rec["data_eigenvalues"], V):
+            hv = op(torch.from_numpy(v.astype(np.float64))).numpy()
+            # the certified bound, checked in float64 (measured ≤ 6.2e-7·scale)
+            assert np.linalg.norm(hv - mu * v) <= 1e-5 * rec["convergence_scale"], (label, mu)
 
 
 def test_store_opens_in_xarray_and_matches_the_files(base_run):
@@ -111,11 +123,8 @@ def test_batched_lambdas_equal_single_runs(base_run, tmp_path):
     b = pd.read_csv(tmp_path / "Model-default.csv")
     assert a["epochs"].tolist() == b["epochs"].tolist()
     for col in ("train_loss", "test_loss", "grad_norm", "distance_to_anchor"):
-        np.testing.assert_allclose(b[col], a[col], rtol=1e-5)
-    for label in ("0", "0.0002", "0.02"):
-        va = pd.read_csv(base_run / f"Hessian-eigenvalues-default-{label}.csv")["eigenvalue"]
-        vb = pd.read_csv(tmp_path / f"Hessian-eigenvalues-default-{label}.csv")["eigenvalue"]
-        np.testing.assert_allclose(vb, va, rtol=1e-4)
+        np.testing.assert_allclose(b[col], a[col], rtol=8 * EPS32)  # measured: equal
+    _same_spectrum(base_run, tmp_path)
 
 
 def test_four_devices_equal_one(base_run, tmp_path):
@@ -126,11 +135,17 @@ def test_four_devices_equal_one(base_run, tmp_path):
     a = pd.read_csv(base_run / "Model-default.csv").iloc[:3]
     b = pd.read_csv(tmp_path / "Model-default.csv")
     assert a["epochs"].tolist() == b["epochs"].tolist()
-    np.testing.assert_allclose(b["train_loss"], a["train_loss"], rtol=1e-5)
-    for label in ("0", "0.0002", "0.02"):
-        va = pd.read_csv(base_run / f"Hessian-eigenvalues-default-{label}.csv")["eigenvalue"]
-        vb = pd.read_csv(tmp_path / f"Hessian-eigenvalues-default-{label}.csv")["eigenvalue"]
-        np.testing.assert_allclose(vb, va, rtol=1e-4)
+    np.testing.assert_allclose(b["train_loss"], a["train_loss"], rtol=8 * EPS32)  # measured ≤ 0.9 ε
+    _same_spectrum(base_run, tmp_path)
+
+
+def _same_spectrum(a, b):
+    """The data-Hessian eigenvalues of two runs of the same λ agree to float32 rounding of the Ritz
+    values: 16 ε·μ₁ (a batch of 3, or 4 devices, against single λ: measured ≤ 4.3e-7·μ₁ = 3.6 ε·μ₁)."""
+    for label, lam in (("0", 0.0), ("0.0002", 0.0002), ("0.02", 0.02)):
+        mu_a = pd.read_csv(a / f"Hessian-eigenvalues-default-{label}.csv")["eigenvalue"].to_numpy() - 2 * lam
+        mu_b = pd.read_csv(b / f"Hessian-eigenvalues-default-{label}.csv")["eigenvalue"].to_numpy() - 2 * lam
+        assert np.max(np.abs(mu_b - mu_a)) <= 16 * EPS32 * mu_a[0], label
 
 
 def test_kill_and_resume_equals_an_uninterrupted_run(base_run, tmp_path):
@@ -230,10 +245,9 @@ def test_trace_density_and_bottom_k_extras(tmp_path):
           "--density", "--density-probes", "3", "--density-iters", "30", "--bottom-k", "2")
     model = pd.read_csv(tmp_path / "Model-default.csv")
     assert {"trace", "trace_stderr", "lambda_min", "lambda_min_residual"} <= set(model.columns)
-    assert (model["trace_stderr"] > 0).all()
     ds = xr.open_zarr(tmp_path / "default.zarr").sortby("lambda")
     assert ds["slq_nodes"].shape == (2, 3, 30) and ds["bottom_eigenvalues"].shape == (2, 2)
-    np.testing.assert_allclose(ds["slq_weights"].sum("node").values, 1.0, rtol=1e-5)
+    np.testing.assert_allclose(ds["slq_weights"].sum("node").values, 1.0, rtol=16 * EPS32)  # squares of a unit vector
     records = {0.0: json.loads((tmp_path / "records" / "default-0.json").read_text()),
                0.05: json.loads((tmp_path / "records" / "default-0.05.json").read_text())}
     for i, (lam, label) in enumerate(((0.0, "0"), (0.05, "0.05"))):
