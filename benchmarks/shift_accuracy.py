@@ -100,7 +100,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     manifest = _manifest(args.out, args.id)
     config = manifest["config"]
-    n = config.get("hessian_samples") or config["train_samples"]
+    n = config.get("hessian_samples") or config.get("train_samples") or 60_000
     rows = []
     print(f"float64 reference: torch double backward + scipy eigsh (tol 0), {n} samples, k = {config['k']}")
     print(f"{'λ':>8} {'μ₁ ref':>10} {'max rel err':>12} {'max err/μ₁':>11} {'err ≤ bound':>12} "
