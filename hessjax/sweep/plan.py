@@ -168,7 +168,7 @@ def print_plan(config, inputs: Inputs, run_id: str, todo, batches, devices, per_
         f"spectrum      top {k} of the data Hessian (θ = μ + 2λ written in float64), Krylov basis {m}, "
         f"tol {config.tol}·|μ₁|, {config.dtype}, precision {config.precision}",
         f"estimate      ~{per_lambda:.0f} s per λ (assuming ~{epochs} epochs), ~{per_lambda * len(todo) / 3600:.1f} h "
-        f"for the {len(todo)} to run",
+        f"for the {len(todo)} to run" + (f", for each of {len(inputs.seeds)} seeds" if len(inputs.seeds) > 1 else ""),
         f"disk          ~{bytes_per_lambda * len(todo) / 1e9:.2f} GB of per-λ files "
         f"(eigenvectors {config.eigenvectors}) + ~{bytes_store * len(todo) / 1e9:.2f} GB in the Zarr store",
     ]
