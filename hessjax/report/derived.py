@@ -1,4 +1,5 @@
-"""The report's derived quantities: outliers above the bulk, the gap, neighbour overlaps and branches."""
+"""The report's derived quantities: outliers above the bulk and the gap (both on μ = θ − 2λ), neighbour overlaps
+and branches."""
 
 from __future__ import annotations
 
@@ -15,13 +16,13 @@ if TYPE_CHECKING:
 DEFAULT_OUTLIER_FACTOR = 3.0
 
 
-def outlier_counts(eigenvalues: np.ndarray, lambdas: np.ndarray, factor: float = DEFAULT_OUTLIER_FACTOR):
-    """``(counts [n], thresholds [n])``: ``#{i : λ_i − 2λ > factor · median_j(λ_j − 2λ)}`` per row.
+def outlier_counts(mu: np.ndarray, factor: float = DEFAULT_OUTLIER_FACTOR):
+    """``(counts [n], thresholds [n])``: ``#{i : μ_i > factor · median_j(μ_j)}`` per row of ``mu``.
 
-    ``eigenvalues`` ``[n, k]`` (NaN ignored), ``lambdas`` ``[n]``. The threshold is in units of
-    ``∇²L_eff`` (i.e. ``2λ + factor · median``); both are NaN where the median is ≤ 0 or undefined.
+    ``mu`` ``[n, k]`` are data-Hessian eigenvalues (``θ − 2λ``; NaN ignored); the threshold
+    ``factor · median`` is in the same units. Both are NaN where the median is ≤ 0 or undefined.
     """
-    mu = np.asarray(eigenvalues, np.float64) - 2 * np.asarray(lambdas, np.float64)[:, None]
+    mu = np.asarray(mu, np.float64)
     counts = np.full(mu.shape[0], np.nan)
     thresholds = np.full(mu.shape[0], np.nan)
     for i, row in enumerate(mu):
@@ -31,13 +32,14 @@ def outlier_counts(eigenvalues: np.ndarray, lambdas: np.ndarray, factor: float =
         med = float(np.median(row))
         if med > 0:
             counts[i] = float(np.sum(row > factor * med))
-            thresholds[i] = factor * med + 2 * float(lambdas[i])
+            thresholds[i] = factor * med
     return counts, thresholds
 
 
-def gap_ratio(eigenvalues: np.ndarray) -> np.ndarray:
-    """``[n]`` ``λ_1 / λ_k`` over the finite eigenvalues of each row; NaN when ``λ_k ≤ 0`` or undefined."""
-    ev = np.asarray(eigenvalues, np.float64)
+def gap_ratio(mu: np.ndarray) -> np.ndarray:
+    """``[n]`` ``μ_1 / μ_k`` over the finite values of each row of ``mu`` (largest first); NaN when
+    ``μ_k ≤ 0`` or undefined. On μ, not θ: ``(μ_1 + 2λ)/(μ_k + 2λ)`` tends to 1 as 2λ grows."""
+    ev = np.asarray(mu, np.float64)
     out = np.full(ev.shape[0], np.nan)
     for i, row in enumerate(ev):
         row = row[np.isfinite(row)]
@@ -50,9 +52,9 @@ def gap_ratio(eigenvalues: np.ndarray) -> np.ndarray:
 class Derived:
     """What the report computes from a :class:`SweepData` (rows as ``data.lambdas``)."""
 
-    n_outliers: np.ndarray  # [n] float (NaN: undefined)
-    outlier_threshold: np.ndarray  # [n] in units of ∇²L_eff
-    gap: np.ndarray  # [n] λ₁/λ_k
+    n_outliers: np.ndarray  # [n] float (NaN: undefined), counted on μ
+    outlier_threshold: np.ndarray  # [n] on μ: factor · median(μ_1 … μ_k)
+    gap: np.ndarray  # [n] μ₁/μ_k
     branch: np.ndarray  # [n, k] int branch id of each eigenvalue, 0, 1, … in order of appearance; -1: none
     matched_overlap: np.ndarray  # [n, k] overlap with which eigenvalue j continues its branch (NaN: new)
     max_overlap: np.ndarray  # [n, k] max_i |⟨v_i(previous λ), v_j(λ)⟩| (NaN: no previous λ with vectors)
@@ -62,14 +64,15 @@ class Derived:
 
 def compute_derived(data: SweepData, *, outlier_factor: float = DEFAULT_OUTLIER_FACTOR,
                     min_overlap: float = DEFAULT_MIN_OVERLAP) -> Derived:
-    """Outliers, gap, neighbour overlaps and branches; eigenvectors read one λ at a time.
+    """Outliers and gap (on μ = θ − 2λ, :attr:`SweepData.mu`), neighbour overlaps and branches;
+    eigenvectors read one λ at a time.
 
     Neighbours are consecutive finished λ that have eigenvectors (a diverged λ, or one whose vector
     file is missing, is stepped over and its eigenvalues get branch ``-1``). Without any eigenvectors
     the branches are the eigenvalue indices. A NaN eigenvalue (fewer than k found) has branch ``-1``.
     """
     n, k = data.lambdas.size, data.k
-    counts, thresholds = outlier_counts(data.eigenvalues, data.lambdas, outlier_factor)
+    counts, thresholds = outlier_counts(data.mu, outlier_factor)
     rows, pairs = [], []
     previous = None
     for i in range(n):
@@ -99,4 +102,4 @@ def compute_derived(data: SweepData, *, outlier_factor: float = DEFAULT_OUTLIER_
             relabel.setdefault(int(bid), len(relabel))
     branch = np.vectorize(lambda b: relabel.get(int(b), -1), otypes=[np.int64])(branch) if branch.size else branch
     pairs = [(a, b, o) for a, b, o in pairs if o is not None]
-    return Derived(counts, thresholds, gap_ratio(data.eigenvalues), branch, matched, max_overlap, pairs, bool(pairs))
+    return Derived(counts, thresholds, gap_ratio(data.mu), branch, matched, max_overlap, pairs, bool(pairs))

@@ -2,6 +2,13 @@
 
 :func:`make_figures` calls one ``_plot_*`` function per plot, in the order of the report; each returns
 ``(figure, number of data series)``, or ``None`` when the sweep lacks its data (the optional extras).
+
+What is on μ: the data-Hessian eigenvalues ``μ_i = θ_i − 2λ`` (``data_eigenvalues``, log y), the
+outlier count, the gap ``μ₁/μ_k``, the branches and the SLQ density; θ (the eigenvalues of
+``∇²L_eff``) is drawn with the penalty's ``2λ`` line (``eigenvalues``) and beside μ for the bottom-k.
+**λ axis**: log when the λ > 0 span two decades or more (:func:`log_lambda_axis`), with λ = 0 drawn
+apart in a narrow panel at the left labelled "λ = 0"; linear otherwise. **Unconverged pairs** (the
+sweep's converged flag False) are hollow red circles on the eigenvalue plots.
 """
 
 from __future__ import annotations
@@ -20,10 +27,11 @@ Drawn = tuple[Any, int]  # (matplotlib Figure, number of data series)
 def make_figures(data: SweepData, derived: Derived) -> tuple[dict[str, Any], dict[str, int]]:
     """``({name: matplotlib Figure}, {name: number of data series})`` for every plot of the report.
 
-    The series counts (also in ``derived.json``) are: eigenvalues k + 1 (the 2λ line), outliers 3,
-    performance 3, distance 2, overlaps the number of heatmaps, branches the number of branches + 1,
-    trace 3 (estimate, 2λP, data term; 1 without P), density the number of λ drawn, bottom the number of
-    bottom eigenvalues + 1.
+    The series counts (also in ``derived.json``) are: data_eigenvalues k, eigenvalues k + 1 (the 2λ
+    line), each + 1 when unconverged pairs are marked; outliers 3, performance 3, distance 2, overlaps
+    the number of heatmaps, branches the number of branches, trace 3 (estimate, 2λP, data term; 1
+    without P), density the number of λ drawn, bottom 2 × the number of bottom eigenvalues + 1 (the 2λ
+    line), + 1 when unconverged pairs are marked.
     """
     import matplotlib
 
@@ -68,7 +76,7 @@ def _positive(x: np.ndarray) -> np.ndarray:
     return np.where(x > 0, x, np.nan)
 
 
-def _log_if_positive(ax, *arrays, span: float = 20.0) -> None:
+def _log_if_positive(ax, *arrays, span: float = 20.0) -> None:  # ax: an Axes or a _Row
     """Log y-scale when every finite value is positive and they span more than ``span``×."""
     vals = np.concatenate([np.asarray(a, np.float64).ravel() for a in arrays]) if arrays else np.zeros(0)
     vals = vals[np.isfinite(vals)]
@@ -91,40 +99,171 @@ def _representative_pairs(derived: Derived, most: int = 3) -> list[int]:
     return sorted(dict.fromkeys([0, mixed, last]))[:most]
 
 
+def log_lambda_axis(lam: np.ndarray) -> bool:
+    """A log λ axis: the finite λ > 0 span two decades or more (``max ≥ 100 · min``)."""
+    pos = np.asarray(lam, np.float64)
+    pos = pos[np.isfinite(pos) & (pos > 0)]
+    return pos.size >= 2 and float(pos.max()) >= 100 * float(pos.min())
+
+
+class _Row:
+    """One row of a plot against λ: ``main`` (all λ, or λ > 0 on a log axis) and, on a log axis with
+    λ = 0 among the λ, ``zero``: a narrow axes at the left sharing y, where λ = 0 is drawn apart."""
+
+    def __init__(self, main, zero):
+        self.main, self.zero = main, zero
+
+    @property
+    def axes(self) -> list:
+        return [self.main] + ([self.zero] if self.zero is not None else [])
+
+    def plot(self, lam, y, *fmt, **kw) -> None:
+        lam, y = np.asarray(lam, np.float64), np.asarray(y, np.float64)
+        if self.zero is None:
+            self.main.plot(lam, y, *fmt, **kw)
+            return
+        pos = lam > 0
+        self.main.plot(lam[pos], y[pos], *fmt, **kw)
+        if (~pos).any() and np.isfinite(y[~pos]).any():
+            kw = {key: v for key, v in kw.items() if key != "label"}
+            kw["marker"] = kw.get("marker") or "o"
+            kw["markersize"] = max(kw.get("markersize") or 0, 3)
+            self.zero.plot(np.zeros(int((~pos).sum())), y[~pos], *fmt, **kw)
+
+    def errorbar(self, lam, y, yerr=None, **kw) -> None:
+        lam, y = np.asarray(lam, np.float64), np.asarray(y, np.float64)
+        parts = [(self.main, np.ones(lam.size, bool) if self.zero is None else lam > 0)]
+        if self.zero is not None:
+            parts.append((self.zero, lam <= 0))
+        for ax, m in parts:
+            if m.any():
+                ax.errorbar(np.where(lam[m] > 0, lam[m], 0.0), y[m], yerr=None if yerr is None else yerr[m],
+                            **(kw if ax is self.main else {key: v for key, v in kw.items() if key != "label"}))
+
+    def set_yscale(self, scale: str) -> None:
+        for ax in self.axes:
+            ax.set_yscale(scale)
+
+    def axhline(self, *args, **kw) -> None:
+        for ax in self.axes:
+            ax.axhline(*args, **kw)
+
+    def set(self, *, ylabel=None, title=None, xlabel=None) -> None:
+        (self.zero if self.zero is not None else self.main).set_ylabel(ylabel or "")
+        if title is not None:
+            self.main.set_title(title)
+        if xlabel is not None:
+            self.main.set_xlabel(xlabel)
+
+    def set_ylim(self, *args) -> None:
+        self.main.set_ylim(*args)
+
+    def legend(self, **kw) -> None:
+        self.main.legend(**kw)
+
+
+def _lambda_rows(fig, lam: np.ndarray, nrows: int = 1, *, spec=None) -> list[_Row]:
+    """``nrows`` rows sharing the λ axis (see :func:`log_lambda_axis`), in ``spec`` or the whole figure."""
+    log = log_lambda_axis(lam)
+    split = log and bool(np.any(np.asarray(lam) == 0))
+    if spec is None:
+        grid = fig.add_gridspec(nrows, 2 if split else 1, **({"width_ratios": [1, 10]} if split else {}))
+    else:
+        grid = spec.subgridspec(nrows, 2 if split else 1, **({"width_ratios": [1, 10]} if split else {}))
+    rows, first = [], None
+    for r in range(nrows):
+        main = fig.add_subplot(grid[r, 1 if split else 0], sharex=first)
+        first = first or main
+        zero = None
+        if log:
+            main.set_xscale("log")
+        if split:
+            zero = fig.add_subplot(grid[r, 0], sharey=main)
+            zero.set_xlim(-1, 1)
+            zero.set_xticks([0], ["λ = 0"] if r == nrows - 1 else [""])
+            zero.spines["right"].set_visible(False)
+            main.spines["left"].set_linestyle((0, (2, 2)))  # the axis is broken between λ = 0 and λ > 0
+            main.tick_params(labelleft=False)
+        if r < nrows - 1:
+            main.tick_params(labelbottom=False)
+        rows.append(_Row(main, zero))
+    rows[-1].main.set_xlabel("λ (log scale; λ = 0 at the left)" if split else ("λ (log scale)" if log else "λ"))
+    return rows
+
+
+def _mark_unconverged(row: _Row, lam: np.ndarray, values: np.ndarray, flags: np.ndarray | None,
+                      label: str = "not converged") -> int:
+    """Hollow red circles at the ``values`` ``[n, m]`` whose flag is False; the number of series drawn (0/1)."""
+    if flags is None:
+        return 0
+    flags = np.asarray(flags)
+    bad = ~(flags.astype(bool) if flags.dtype == bool else flags >= 0.5) & np.isfinite(values)
+    if not bad.any():
+        return 0
+    i, j = np.nonzero(bad)
+    row.plot(lam[i], values[i, j], "o", ls="none", mfc="none", mec="red", mew=1.2, markersize=8, label=label)
+    return 1
+
+
+def _log_y_positive(row: _Row, values: np.ndarray) -> str:
+    """Log y for the positive ``values``; a note on how many finite values ≤ 0 are not drawn."""
+    row.set_yscale("log")
+    dropped = int(np.sum(np.isfinite(values) & (values <= 0)))
+    return f" ({dropped} values ≤ 0 not drawn)" if dropped else ""
+
+
 # --------------------------------------------------------------------------------------------- the plots
 
 
-def _plot_eigenvalues(data: SweepData, derived: Derived) -> Drawn:
-    """Top-k eigenvalues vs λ (log y) with the penalty's 2λ for reference."""
-    lam, k = data.lambdas, data.k
+def _plot_data_eigenvalues(data: SweepData, derived: Derived) -> Drawn:
+    """The data-Hessian eigenvalues μ_i = θ_i − 2λ vs λ (log y); unconverged pairs in hollow red."""
+    lam, k, mu = data.lambdas, data.k, data.mu
     fig = _figure((7, 4.5))
-    ax = fig.add_subplot()
+    (row,) = _lambda_rows(fig, lam)
     cmap = _colormap("viridis")
     for j in range(k):
-        ax.plot(lam, _positive(data.eigenvalues[:, j]), color=cmap(j / max(k - 1, 1)), lw=1,
-                label=(f"λ_{j + 1}" if j in (0, k - 1) else None), **_marker(lam))
-    ax.plot(lam, _positive(2 * lam), "k--", lw=1, label="2λ (penalty)")
-    ax.set_yscale("log")
-    ax.set(xlabel="λ", ylabel="eigenvalue of ∇²L_eff", title=f"{data.run_id}: top-{k} Hessian eigenvalues")
-    ax.legend(loc="best", fontsize=8)
-    return fig, k + 1
+        row.plot(lam, _positive(mu[:, j]), color=cmap(j / max(k - 1, 1)), lw=1,
+                 label=(f"μ_{j + 1}" if j in (0, k - 1) else None), **_marker(lam))
+    marked = _mark_unconverged(row, lam, _positive(mu), data.eig_converged)
+    note = _log_y_positive(row, mu)
+    row.set(ylabel="μ: eigenvalue of ∇²(mean CE)",
+            title=f"{data.run_id}: top-{k} data-Hessian eigenvalues μ = θ − 2λ{note}")
+    row.legend(loc="best", fontsize=8)
+    return fig, k + marked
+
+
+def _plot_eigenvalues(data: SweepData, derived: Derived) -> Drawn:
+    """Top-k eigenvalues θ of ∇²L_eff vs λ (log y) with the penalty's 2λ; unconverged pairs in hollow red."""
+    lam, k = data.lambdas, data.k
+    fig = _figure((7, 4.5))
+    (row,) = _lambda_rows(fig, lam)
+    cmap = _colormap("viridis")
+    for j in range(k):
+        row.plot(lam, _positive(data.eigenvalues[:, j]), color=cmap(j / max(k - 1, 1)), lw=1,
+                 label=(f"θ_{j + 1}" if j in (0, k - 1) else None), **_marker(lam))
+    row.plot(lam, _positive(2 * lam), "k--", lw=1, label="2λ (penalty)")
+    marked = _mark_unconverged(row, lam, _positive(data.eigenvalues), data.eig_converged)
+    row.set_yscale("log")
+    row.set(ylabel="θ: eigenvalue of ∇²L_eff", title=f"{data.run_id}: top-{k} Hessian eigenvalues θ = μ + 2λ")
+    row.legend(loc="best", fontsize=8)
+    return fig, k + 1 + marked
 
 
 def _plot_outliers(data: SweepData, derived: Derived) -> Drawn:
-    """λ₁, the number of outliers above the bulk and the gap λ₁/λ_k, one panel each."""
+    """μ₁, the number of outliers above the bulk and the gap μ₁/μ_k, one panel each (all on μ)."""
     lam, marker = data.lambdas, _marker(data.lambdas)
     fig = _figure((7, 7))
-    axes = fig.subplots(3, 1, sharex=True)
-    axes[0].plot(lam, data.eigenvalues[:, 0] if data.k else np.full(lam.size, np.nan), "C0", **marker)
-    axes[0].set(ylabel="λ₁", title=f"{data.run_id}: top eigenvalue, outliers above the bulk, gap")
-    axes[1].plot(lam, derived.n_outliers, "C1", drawstyle="steps-mid", **marker)
-    axes[1].set(ylabel="outliers")
-    _integer_ticks(axes[1].yaxis)
+    rows = _lambda_rows(fig, lam, 3)
+    rows[0].plot(lam, data.mu[:, 0] if data.k else np.full(lam.size, np.nan), "C0", **marker)
+    rows[0].set(ylabel="μ₁", title=f"{data.run_id}: top data eigenvalue, outliers above the bulk, gap (on μ)")
+    rows[1].plot(lam, derived.n_outliers, "C1", drawstyle="steps-mid", **marker)
+    rows[1].set(ylabel="outliers")
+    _integer_ticks(rows[1].main.yaxis)
     if np.isfinite(derived.n_outliers).any():
-        axes[1].set_ylim(-0.5, max(1.0, float(np.nanmax(derived.n_outliers))) + 0.5)
-    axes[2].plot(lam, derived.gap, "C2", **marker)
-    _log_if_positive(axes[2], derived.gap)
-    axes[2].set(ylabel="λ₁ / λ_k", xlabel="λ")
+        rows[1].set_ylim(-0.5, max(1.0, float(np.nanmax(derived.n_outliers))) + 0.5)
+    rows[2].plot(lam, derived.gap, "C2", **marker)
+    _log_if_positive(rows[2], derived.gap)
+    rows[2].set(ylabel="μ₁ / μ_k")
     return fig, 3
 
 
@@ -132,13 +271,13 @@ def _plot_performance(data: SweepData, derived: Derived) -> Drawn:
     """Train and test loss (without the penalty) and test accuracy."""
     lam, marker = data.lambdas, _marker(data.lambdas)
     fig = _figure((7, 5.5))
-    axes = fig.subplots(2, 1, sharex=True)
-    axes[0].plot(lam, _metric(data, "train_loss"), "C0", label="train", **marker)
-    axes[0].plot(lam, _metric(data, "test_loss"), "C3", label="test", **marker)
-    axes[0].set(ylabel="mean cross-entropy", title=f"{data.run_id}: loss (no penalty) and accuracy")
-    axes[0].legend(fontsize=8)
-    axes[1].plot(lam, 100 * _metric(data, "test_accuracy"), "C2", **marker)
-    axes[1].set(ylabel="test accuracy [%]", xlabel="λ")
+    rows = _lambda_rows(fig, lam, 2)
+    rows[0].plot(lam, _metric(data, "train_loss"), "C0", label="train", **marker)
+    rows[0].plot(lam, _metric(data, "test_loss"), "C3", label="test", **marker)
+    rows[0].set(ylabel="mean cross-entropy", title=f"{data.run_id}: loss (no penalty) and accuracy")
+    rows[0].legend(fontsize=8)
+    rows[1].plot(lam, 100 * _metric(data, "test_accuracy"), "C2", **marker)
+    rows[1].set(ylabel="test accuracy [%]")
     return fig, 3
 
 
@@ -146,14 +285,14 @@ def _plot_distance(data: SweepData, derived: Derived) -> Drawn:
     """‖θ − θ_ref‖ and ‖∇L_eff‖."""
     lam, marker = data.lambdas, _marker(data.lambdas)
     fig = _figure((7, 5.5))
-    axes = fig.subplots(2, 1, sharex=True)
+    rows = _lambda_rows(fig, lam, 2)
     dist, grad = _metric(data, "distance_to_anchor"), _metric(data, "grad_norm")
-    axes[0].plot(lam, dist, "C4", **marker)
-    _log_if_positive(axes[0], dist)
-    axes[0].set(ylabel="‖θ − θ_ref‖", title=f"{data.run_id}: distance to the anchor and gradient norm")
-    axes[1].plot(lam, grad, "C5", **marker)
-    _log_if_positive(axes[1], grad)
-    axes[1].set(ylabel="‖∇L_eff‖", xlabel="λ")
+    rows[0].plot(lam, dist, "C4", **marker)
+    _log_if_positive(rows[0], dist)
+    rows[0].set(ylabel="‖θ − θ_ref‖", title=f"{data.run_id}: distance to the anchor and gradient norm")
+    rows[1].plot(lam, grad, "C5", **marker)
+    _log_if_positive(rows[1], grad)
+    rows[1].set(ylabel="‖∇L_eff‖")
     return fig, 2
 
 
@@ -195,22 +334,21 @@ def _overlap_matrix_panel(ax, lam: np.ndarray, k: int, pair) -> None:
 
 
 def _plot_branches(data: SweepData, derived: Derived) -> Drawn:
-    """Eigenvalue branches followed through crossings, with the penalty's 2λ."""
-    lam = data.lambdas
+    """Eigenvalue branches followed through crossings, on μ = θ − 2λ (log y)."""
+    lam, mu = data.lambdas, data.mu
     fig = _figure((7, 4.5))
-    ax = fig.add_subplot()
+    (row,) = _lambda_rows(fig, lam)
     branches = _branches(data, derived)
     colors = _colormap("tab20")
     for c, (bid, b) in enumerate(sorted(branches.items())):
         color = colors((2 * c) % 20 + (c // 10) % 2)  # ten dark hues first, then their light twins
-        ax.plot(b["lambda"], _positive(np.asarray(b["eigenvalue"])), color=color, lw=1.2, **_marker(lam))
-    ax.plot(lam, _positive(2 * lam), "k--", lw=1, label="2λ (penalty)")
-    ax.set_yscale("log")
-    ax.set(xlabel="λ", ylabel="eigenvalue of ∇²L_eff",
-           title=f"{data.run_id}: {len(branches)} branches matched by eigenvector overlap"
-           + ("" if derived.has_vectors else " (no eigenvectors: by index)"))
-    ax.legend(loc="best", fontsize=8)
-    return fig, len(branches) + 1
+        t = np.searchsorted(lam, b["lambda"])  # rows of the branch's λ (exact: the same floats)
+        row.plot(b["lambda"], _positive(mu[t, np.asarray(b["index"]) - 1]), color=color, lw=1.2, **_marker(lam))
+    row.set_yscale("log")
+    row.set(ylabel="μ: eigenvalue of ∇²(mean CE)",
+            title=f"{data.run_id}: {len(branches)} branches matched by eigenvector overlap (on μ)"
+            + ("" if derived.has_vectors else " (no eigenvectors: by index)"))
+    return fig, len(branches)
 
 
 def _plot_trace(data: SweepData, derived: Derived) -> Drawn | None:
@@ -220,38 +358,43 @@ def _plot_trace(data: SweepData, derived: Derived) -> Drawn | None:
     lam, trace = data.lambdas, data.extras["trace"]
     err = data.extras.get("trace_stderr")
     yerr = None if err is None else 2 * err
-    estimate = dict(yerr=yerr, fmt="o-", ms=3, capsize=2, label="Hutchinson estimate ± 2 s.e.")
+    estimate = dict(fmt="o-", ms=3, capsize=2, label="Hutchinson estimate ± 2 s.e.")
     if not data.n_params:
         fig = _figure((7, 4.5))
-        ax = fig.add_subplot()
-        ax.errorbar(lam, trace, **estimate)
-        ax.set(xlabel="λ", ylabel="tr ∇²L_eff", title=f"{data.run_id}: Hessian trace")
-        ax.legend(fontsize=8)
+        (row,) = _lambda_rows(fig, lam)
+        row.errorbar(lam, trace, yerr, **estimate)
+        row.set(ylabel="tr ∇²L_eff", title=f"{data.run_id}: Hessian trace")
+        row.legend(fontsize=8)
         return fig, 1
     # the penalty's share 2λP is exact in every probe: the data term has the same s.e.
     fig = _figure((7, 6))
-    a0, a1 = fig.subplots(2, 1, sharex=True)
-    a0.errorbar(lam, trace, **estimate)
-    a0.plot(lam, 2 * lam * data.n_params, "k--", lw=1, label="2λP (the penalty's share)")
-    a0.set(ylabel="tr ∇²L_eff", title=f"{data.run_id}: Hessian trace")
-    a0.legend(fontsize=8)
-    a1.errorbar(lam, trace - 2 * lam * data.n_params, yerr=yerr, fmt="o-", ms=3, capsize=2, color="C1")
-    a1.set(xlabel="λ", ylabel="tr ∇²(mean CE) = tr − 2λP")
+    r0, r1 = _lambda_rows(fig, lam, 2)
+    r0.errorbar(lam, trace, yerr, **estimate)
+    r0.plot(lam, 2 * lam * data.n_params, "k--", lw=1, label="2λP (the penalty's share)")
+    r0.set(ylabel="tr ∇²L_eff", title=f"{data.run_id}: Hessian trace")
+    r0.legend(fontsize=8)
+    r1.errorbar(lam, trace - 2 * lam * data.n_params, yerr, fmt="o-", ms=3, capsize=2, color="C1")
+    r1.set(ylabel="tr ∇²(mean CE) = tr − 2λP")
     return fig, 3
 
 
 def _plot_density(data: SweepData, derived: Derived) -> Drawn | None:
-    """The SLQ density over (eigenvalue, λ) as a log colour map, and its curves at up to five λ."""
+    """The SLQ density of μ (the data Hessian: nodes less 2λ) as a log colour map over (μ, λ), and its
+    curves at up to five λ."""
     if "density" not in data.extras or "density_grid" not in data.extras:
         return None
     lam, dens, g = data.lambdas, data.extras["density"], data.extras["density_grid"]
     fig = _figure((11, 4.5))
     a0, a1 = fig.subplots(1, 2)
     floor = 1e-8
-    if lam.size > 1:
-        im = a0.pcolormesh(g, lam, np.log10(np.maximum(dens, floor)), shading="nearest", cmap="viridis")
+    if lam.size > 1:  # one row per finished λ, evenly spaced whatever the grid (λ = 0 included)
+        im = a0.pcolormesh(g, np.arange(lam.size), np.log10(np.maximum(dens, floor)), shading="nearest",
+                           cmap="viridis")
         fig.colorbar(im, ax=a0, label="log₁₀ density")
-        a0.set(xlabel="eigenvalue", ylabel="λ", title="SLQ spectral density")
+        ticks = np.unique(np.linspace(0, lam.size - 1, min(8, lam.size)).round().astype(int))
+        a0.set_yticks(ticks, [f"{lam[t]:.3g}" for t in ticks])
+        a0.set(xlabel="μ (eigenvalue of ∇²(mean CE))", ylabel="λ (one row per finished λ)",
+               title="SLQ spectral density of μ")
     else:
         _no_data(a0, "one finished λ: see the right panel")
     pick = np.unique(np.linspace(0, lam.size - 1, min(5, lam.size)).round().astype(int))
@@ -259,32 +402,41 @@ def _plot_density(data: SweepData, derived: Derived) -> Drawn | None:
     for c, t in enumerate(pick):
         a1.plot(g, np.maximum(dens[t], floor), color=cmap(c / max(len(pick) - 1, 1)), label=f"λ={lam[t]:.3g}")
     a1.set_yscale("log")
-    a1.set(xlabel="eigenvalue", ylabel="density", title="at a few λ")
+    a1.set(xlabel="μ", ylabel="density", title="at a few λ")
     a1.legend(fontsize=8)
-    fig.suptitle(f"{data.run_id}: Hessian spectral density (Gaussian-broadened SLQ)")
+    fig.suptitle(f"{data.run_id}: data-Hessian spectral density (Gaussian-broadened SLQ, on μ = θ − 2λ)")
     return fig, len(pick)
 
 
 def _plot_bottom(data: SweepData, derived: Derived) -> Drawn | None:
-    """The smallest eigenvalues vs λ with the penalty's 2λ and zero."""
+    """The smallest eigenvalues: θ of ∇²L_eff with the penalty's 2λ, and μ = θ − 2λ; zero on both;
+    unconverged pairs (``bottom_converged`` False) in hollow red."""
     if "bottom_eigenvalues" not in data.extras:
         return None
     lam, bot = data.lambdas, np.atleast_2d(data.extras["bottom_eigenvalues"])
-    fig = _figure((7, 4.5))
-    ax = fig.add_subplot()
+    flags = data.extras.get("bottom_converged")
+    fig = _figure((7, 6.5))
+    r0, r1 = _lambda_rows(fig, lam, 2)
     cmap = _colormap("viridis")
-    for j in range(bot.shape[1]):
-        ax.plot(lam, bot[:, j], color=cmap(j / max(bot.shape[1] - 1, 1)), lw=1,
-                label=("λ_min" if j == 0 else None), **_marker(lam))
-    ax.plot(lam, 2 * lam, "k--", lw=1, label="2λ (penalty)")
-    ax.axhline(0, color="0.6", lw=0.6)
-    ax.set(xlabel="λ", ylabel="eigenvalue of ∇²L_eff", title=f"{data.run_id}: bottom-{bot.shape[1]} eigenvalues")
-    ax.legend(fontsize=8)
-    return fig, bot.shape[1] + 1
+    m = bot.shape[1]
+    for j in range(m):
+        color = cmap(j / max(m - 1, 1))
+        r0.plot(lam, bot[:, j], color=color, lw=1, label=("θ_min" if j == 0 else None), **_marker(lam))
+        r1.plot(lam, bot[:, j] - 2 * lam, color=color, lw=1, label=("μ_min" if j == 0 else None), **_marker(lam))
+    r0.plot(lam, 2 * lam, "k--", lw=1, label="2λ (penalty)")
+    marked = _mark_unconverged(r0, lam, bot, flags)
+    _mark_unconverged(r1, lam, bot - 2 * lam[:, None], flags)
+    for r in (r0, r1):
+        r.axhline(0, color="0.6", lw=0.6)
+        r.legend(fontsize=8)
+    r0.set(ylabel="θ: eigenvalue of ∇²L_eff", title=f"{data.run_id}: bottom-{m} eigenvalues")
+    r1.set(ylabel="μ = θ − 2λ")
+    return fig, 2 * m + 1 + marked
 
 
 #: The report's plots in order: (name, function of (data, derived) -> (figure, series) or None).
 _PLOTS = (
+    ("data_eigenvalues", _plot_data_eigenvalues),
     ("eigenvalues", _plot_eigenvalues),
     ("outliers", _plot_outliers),
     ("performance", _plot_performance),

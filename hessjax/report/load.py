@@ -1,4 +1,11 @@
-"""Reading a sweep: the finished λ of one run from its Zarr store or its per-λ CSV/npy files."""
+"""Reading a sweep: the finished λ of one run from its Zarr store or its per-λ CSV/npy files.
+
+Besides θ (the eigenvalues of ``∇²L_eff``) a :class:`SweepData` carries μ = θ − 2λ (the data
+Hessian's): the store's ``data_eigenvalues`` or the certificates CSV's ``data_eigenvalue`` where the
+sweep wrote them, else ``θ − 2λ`` in float64 (the torch pipeline's output); the per-pair residuals,
+error bounds and converged flags where written; the bottom-k eigenvalues with their residuals and
+flags; and the SLQ density broadened on μ (the stored nodes, which are θ-nodes, less 2λ).
+"""
 
 from __future__ import annotations
 
@@ -21,7 +28,9 @@ EXTRA_ARRAYS = {
     "trace_stderr": ("lambda",),  # its standard error
     "density": ("lambda", "grid"),  # SLQ spectral density on density_grid, integrating to 1
     "density_grid": ("grid",),  # the grid (coordinate), ascending
-    "bottom_eigenvalues": ("lambda", "bottom"),  # smallest eigenvalues, ascending
+    "bottom_eigenvalues": ("lambda", "bottom"),  # smallest eigenvalues of ∇²L_eff (θ), ascending
+    "bottom_residuals": ("lambda", "bottom"),  # their residuals
+    "bottom_converged": ("lambda", "bottom"),  # 1.0 where the pair met the solver's tolerance, else 0.0
 }
 METRICS = ("train_loss", "test_loss", "test_accuracy", "grad_norm", "distance_to_anchor", "max_residual", "epochs",
            "converged", "diverged")
@@ -41,10 +50,59 @@ class SweepData:
     n_params: int | None = None
     extras: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # EXTRA_ARRAYS found, rows as lambdas
     vector_reader: Callable[[int], np.ndarray | None] | None = None  # i -> [k, P] rows, or None
+    # The certificates, [n, k] like eigenvalues, or None where the sweep did not write them:
+    data_eigenvalues: np.ndarray | None = None  # μ as written (store data_eigenvalues / certificates CSV)
+    residuals: np.ndarray | None = None  # ‖Hv − μv‖ of the written unit eigenvector
+    error_bounds: np.ndarray | None = None  # bound on |μ − μ_true|
+    eig_converged: np.ndarray | None = None  # bool: the pair met the solver's tolerance
 
     @property
     def k(self) -> int:
         return int(self.eigenvalues.shape[1])
+
+    @property
+    def mu(self) -> np.ndarray:
+        """``[n, k]`` data-Hessian eigenvalues μ: as written by the sweep where it did, else ``θ − 2λ`` (float64)."""
+        shifted = np.asarray(self.eigenvalues, np.float64) - 2.0 * np.asarray(self.lambdas, np.float64)[:, None]
+        if self.data_eigenvalues is None or self.data_eigenvalues.shape != shifted.shape:
+            return shifted
+        return np.where(np.isfinite(self.data_eigenvalues), self.data_eigenvalues, shifted)
+
+    @property
+    def mu_source(self) -> str:
+        """Where :attr:`mu` comes from: ``"written"`` (by the sweep) or ``"θ − 2λ"`` (computed here)."""
+        written = self.data_eigenvalues is not None and self.data_eigenvalues.shape == self.eigenvalues.shape
+        return "written" if written and np.isfinite(self.data_eigenvalues).any() else "θ − 2λ"
+
+    def unconverged(self) -> list[dict]:
+        """Every pair flagged as not converged, top-k then bottom-k, ascending λ:
+        ``{"lambda", "kind" ("top"/"bottom"), "index" (1-based), "eigenvalue" (θ), "mu", "residual",
+        "error_bound"}``. A pair with a NaN eigenvalue (not found, diverged λ) is not listed; without
+        flags (no certificates) nothing is."""
+        out = []
+        lam = self.lambdas
+        if self.eig_converged is not None:
+            mu = self.mu
+            for i, j in zip(*np.nonzero(~np.asarray(self.eig_converged, bool) & np.isfinite(self.eigenvalues))):
+                out.append({"lambda": float(lam[i]), "kind": "top", "index": int(j) + 1,
+                            "eigenvalue": float(self.eigenvalues[i, j]), "mu": float(mu[i, j]),
+                            "residual": _at(self.residuals, i, j), "error_bound": _at(self.error_bounds, i, j)})
+        if "bottom_converged" in self.extras and "bottom_eigenvalues" in self.extras:
+            bot = np.atleast_2d(self.extras["bottom_eigenvalues"])
+            flags = np.atleast_2d(self.extras["bottom_converged"])
+            res = self.extras.get("bottom_residuals")
+            for i, j in zip(*np.nonzero((flags < 0.5) & np.isfinite(bot))):
+                out.append({"lambda": float(lam[i]), "kind": "bottom", "index": int(j) + 1,
+                            "eigenvalue": float(bot[i, j]), "mu": float(bot[i, j] - 2.0 * lam[i]),
+                            "residual": _at(None if res is None else np.atleast_2d(res), i, j),
+                            "error_bound": math.nan})
+        out.sort(key=lambda r: (r["lambda"], r["kind"] != "top", r["index"]))
+        return out
+
+    @property
+    def has_flags(self) -> bool:
+        """Whether the sweep wrote converged flags (top-k certificates or bottom-k flags)."""
+        return self.eig_converged is not None or "bottom_converged" in self.extras
 
     def eigenvectors(self, i: int) -> np.ndarray | None:
         """``[k, P]`` float32 eigenvectors of the i-th finished λ (row j = eigenvector j+1), or ``None``
@@ -58,6 +116,25 @@ class SweepData:
         if bad.any():
             vecs = np.where(bad[:, None], 0, vecs).astype(vecs.dtype)
         return vecs
+
+
+def _at(values: np.ndarray | None, i: int, j: int) -> float:
+    return math.nan if values is None else float(values[i, j])
+
+
+def density_on_mu(extras: dict[str, np.ndarray], lambdas: np.ndarray) -> dict[str, np.ndarray]:
+    """A stored ``density`` over θ on ``density_grid`` re-gridded onto μ = θ − 2λ (linear interpolation,
+    zero outside the stored grid), renormalised to integrate to 1 per λ."""
+    grid, dens = np.asarray(extras["density_grid"], np.float64), np.atleast_2d(extras["density"])
+    lambdas = np.asarray(lambdas, np.float64)
+    mu_grid = np.linspace(grid[0] - 2.0 * float(lambdas.max(initial=0.0)), grid[-1], grid.size)
+    out = np.full((dens.shape[0], mu_grid.size), np.nan)
+    for t, row in enumerate(dens):
+        if np.isfinite(row).all():
+            out[t] = np.interp(mu_grid + 2.0 * lambdas[t], grid, row, left=0.0, right=0.0)
+            total = float(np.sum(np.diff(mu_grid) * (out[t, 1:] + out[t, :-1]) / 2))
+            out[t] /= total if total > 0 else 1.0
+    return {"density": out, "density_grid": mu_grid}
 
 
 def find_run_ids(out: str | Path) -> list[str]:
@@ -134,12 +211,17 @@ def _load_zarr(path: Path, run_id: str) -> SweepData:
 
     metrics = {m: take(m).astype(np.float64) for m in METRICS if m in names}
     eigenvalues = take("eigenvalues").astype(np.float64) if "eigenvalues" in names else np.zeros((rows.size, 0))
+    certificates = {name: (take(name).astype(bool if name == "eig_converged" else np.float64)
+                           if name in names else None)
+                    for name in ("data_eigenvalues", "residuals", "error_bounds", "eig_converged")}
     extras = {}
     for name, dims in EXTRA_ARRAYS.items():
         if name in names:
             extras[name] = (take(name) if dims[0] == "lambda" else np.asarray(group[name][:])).astype(np.float64)
-    if "density" not in extras and {"slq_nodes", "slq_weights"} <= names and rows.size:
-        extras.update(slq_to_density(take("slq_nodes"), take("slq_weights")))
+    if {"slq_nodes", "slq_weights"} <= names and rows.size:  # θ-nodes: broadened on μ = θ − 2λ
+        extras.update(slq_to_density(take("slq_nodes") - 2.0 * lam[rows][:, None, None], take("slq_weights")))
+    elif "density" in extras and "density_grid" in extras and rows.size:
+        extras.update(density_on_mu(extras, lam[rows]))
     reader = None
     if "eigenvectors" in names:
         vectors = group["eigenvectors"]
@@ -149,7 +231,8 @@ def _load_zarr(path: Path, run_id: str) -> SweepData:
 
     n_params = group.attrs.get("n_params")
     n_params = None if n_params is None else int(n_params)
-    return SweepData(run_id, "zarr", lam[rows], metrics, eigenvalues, int(n), n_params, extras, reader)
+    return SweepData(run_id, "zarr", lam[rows], metrics, eigenvalues, int(n), n_params, extras, reader,
+                     **certificates)
 
 
 def _parse_cell(text: str) -> float:
@@ -236,8 +319,73 @@ def _load_files(out: Path, run_id: str) -> SweepData:
         n_params = vecs.shape[1]
         return np.ascontiguousarray(vecs, dtype=np.float32)
 
+    certificates = _read_certificates(out, run_id, labels, k)
+    extras = _read_bottom(out, run_id, labels)
+    extras.update(_read_density(out, run_id, labels, lams))
     total = len(set(lams.tolist()) | set(on_disk))
-    return SweepData(run_id, "csv", lams, metrics, eigenvalues, total, n_params, {}, reader)
+    return SweepData(run_id, "csv", lams, metrics, eigenvalues, total, n_params, extras, reader, **certificates)
+
+
+def _read_flagged_csv(path: Path) -> dict[str, np.ndarray] | None:
+    """Columns of a certificates / bottom-eigenvalues CSV (``converged`` as 1.0/0.0), or None if absent."""
+    if not path.is_file():
+        return None
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return {}
+    return {c: np.array([_parse_cell(r[c]) for r in rows]) for c in rows[0]}
+
+
+def _read_certificates(out: Path, run_id: str, labels: list[str], k: int) -> dict:
+    """``Hessian-eigenvalue-certificates-ID-L2.csv`` of every λ as ``[n, k]`` arrays (NaN/True where a λ
+    has none); all None when no λ has one (the torch pipeline writes none)."""
+    n = len(labels)
+    tables = [_read_flagged_csv(out / f"Hessian-eigenvalue-certificates-{run_id}-{label}.csv") for label in labels]
+    if all(t is None for t in tables):
+        return {}
+    cols = {"data_eigenvalues": "data_eigenvalue", "residuals": "residual", "error_bounds": "error_bound",
+            "eig_converged": "converged"}
+    arrays = {name: np.full((n, k), np.nan) for name in cols}
+    for i, t in enumerate(tables):
+        for name, col in cols.items():
+            if t and col in t:
+                v = t[col][:k]
+                arrays[name][i, : v.size] = v
+    arrays["eig_converged"] = ~(arrays["eig_converged"] == 0.0)  # only an explicit False is unconverged
+    return arrays
+
+
+def _read_bottom(out: Path, run_id: str, labels: list[str]) -> dict[str, np.ndarray]:
+    """``Hessian-bottom-eigenvalues-ID-L2.csv`` (``--bottom-k``) as the store's bottom_* extras."""
+    tables = [_read_flagged_csv(out / f"Hessian-bottom-eigenvalues-{run_id}-{label}.csv") for label in labels]
+    m = max((len(t.get("eigenvalue", ())) for t in tables if t), default=0)
+    if m == 0:
+        return {}
+    extras = {name: np.full((len(labels), m), np.nan)
+              for name in ("bottom_eigenvalues", "bottom_residuals", "bottom_converged")}
+    for i, t in enumerate(tables):
+        for name, col in (("bottom_eigenvalues", "eigenvalue"), ("bottom_residuals", "residual"),
+                          ("bottom_converged", "converged")):
+            if t and col in t:
+                extras[name][i, : t[col].size] = t[col]
+    return extras
+
+
+def _read_density(out: Path, run_id: str, labels: list[str], lams: np.ndarray) -> dict[str, np.ndarray]:
+    """``Hessian-density-ID-L2.csv`` (``--density``: θ-nodes per probe) broadened on μ = θ − 2λ."""
+    tables = [_read_flagged_csv(out / f"Hessian-density-{run_id}-{label}.csv") for label in labels]
+    shapes = {(int(np.nanmax(t["probe"])) + 1, t["node"].size) for t in tables if t and "node" in t}
+    if not shapes or len(shapes) > 1:
+        return {}
+    probes, total = shapes.pop()
+    nodes = np.full((len(labels), probes, total // probes), np.nan)
+    weights = np.zeros_like(nodes)
+    for i, t in enumerate(tables):
+        if t and "node" in t:
+            nodes[i] = t["node"].reshape(probes, -1) - 2.0 * lams[i]
+            weights[i] = t["weight"].reshape(probes, -1)
+    return slq_to_density(nodes, weights)
 
 
 def _metric(data: SweepData, name: str) -> np.ndarray:

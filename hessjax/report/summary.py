@@ -1,4 +1,9 @@
-"""Writing a report: ``derived.csv``, ``derived.json``, the plots and ``summary.md``."""
+"""Writing a report: ``derived.csv``, ``derived.json``, the plots and ``summary.md``.
+
+``summary.md`` says which quantities are on μ = θ − 2λ (the data Hessian: μ₁…μ_k, the outliers, the
+gap, the branches, the SLQ density) and lists every pair whose converged flag is False (top-k and
+bottom-k), with its residual and error bound.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +19,7 @@ from .. import results
 from ..results import UsageError
 from .branches import DEFAULT_MIN_OVERLAP, _branches, _reordered_pairs
 from .derived import DEFAULT_OUTLIER_FACTOR, Derived, compute_derived
-from .figures import make_figures
+from .figures import log_lambda_axis, make_figures
 from .load import SweepData, _metric, load_sweep
 
 FORMATS = ("png", "svg")
@@ -40,8 +45,11 @@ def _columns(data: SweepData, derived: Derived) -> dict[str, np.ndarray]:
     cols: dict[str, np.ndarray] = {"lambda": data.lambdas}
     for m in ("train_loss", "test_loss", "test_accuracy", "grad_norm", "distance_to_anchor", "max_residual"):
         cols[m] = _metric(data, m)
+    mu = data.mu
     cols["lambda_1"] = data.eigenvalues[:, 0] if k else np.full(n, np.nan)
-    cols["lambda_k"] = np.array([r[np.isfinite(r)][-1] if np.isfinite(r).any() else np.nan for r in data.eigenvalues])
+    cols["lambda_k"] = _last_finite(data.eigenvalues)
+    cols["mu_1"] = mu[:, 0] if k else np.full(n, np.nan)
+    cols["mu_k"] = _last_finite(mu)
     cols["gap"] = derived.gap
     cols["n_outliers"] = derived.n_outliers
     cols["outlier_threshold"] = derived.outlier_threshold
@@ -50,15 +58,24 @@ def _columns(data: SweepData, derived: Derived) -> dict[str, np.ndarray]:
         cols["trace_stderr"] = data.extras.get("trace_stderr", np.full(n, np.nan))
         if data.n_params:
             cols["trace_data"] = data.extras["trace"] - 2 * data.lambdas * data.n_params
+    if data.eig_converged is not None:
+        cols["n_unconverged"] = np.sum(~data.eig_converged & np.isfinite(data.eigenvalues), axis=1)
     if "bottom_eigenvalues" in data.extras:
         cols["lambda_min"] = np.atleast_2d(data.extras["bottom_eigenvalues"])[:, 0]
+        cols["mu_min"] = cols["lambda_min"] - 2 * data.lambdas
     for j in range(k):
         cols[f"eig_{j + 1}"] = data.eigenvalues[:, j]
+    for j in range(k):
+        cols[f"mu_{j + 1}"] = mu[:, j]
     for j in range(k):
         cols[f"branch_{j + 1}"] = derived.branch[:, j]
     for j in range(k):
         cols[f"overlap_prev_{j + 1}"] = derived.matched_overlap[:, j]
     return cols
+
+
+def _last_finite(values: np.ndarray) -> np.ndarray:
+    return np.array([r[np.isfinite(r)][-1] if np.isfinite(r).any() else np.nan for r in values])
 
 
 def _cell(v) -> str:
@@ -82,9 +99,11 @@ def _headline(data: SweepData, derived: Derived, branches: Mapping) -> list[tupl
         ("run id / source", f"{data.run_id} / {'Zarr store' if data.source == 'zarr' else 'per-λ CSV files'}"),
         ("λ finished", f"{lam.size} of {data.total_lambdas}, λ ∈ [{lam[lo]:.4g}, {lam[hi]:.4g}]"),
         ("parameters P / k", f"{data.n_params if data.n_params else '?'} / {data.k}"),
-        ("λ₁ (smallest → largest λ)", at(data.eigenvalues[:, 0] if data.k else np.full(lam.size, np.nan))),
-        ("outliers above the bulk", at(derived.n_outliers, "{:.0f}")),
-        ("gap λ₁/λ_k", at(derived.gap, "{:.3g}")),
+        ("μ₁ (smallest → largest λ)", at(data.mu[:, 0] if data.k else np.full(lam.size, np.nan))),
+        ("θ₁ = μ₁ + 2λ", at(data.eigenvalues[:, 0] if data.k else np.full(lam.size, np.nan))),
+        ("outliers above the bulk (on μ)", at(derived.n_outliers, "{:.0f}")),
+        ("gap μ₁/μ_k", at(derived.gap, "{:.3g}")),
+        ("unconverged pairs", _unconverged_count(data)),
         ("train loss", at(_metric(data, "train_loss"))),
         ("test loss", at(_metric(data, "test_loss"))),
         ("test accuracy", at(100 * acc, "{:.2f}%")),
@@ -105,8 +124,18 @@ def _headline(data: SweepData, derived: Derived, branches: Mapping) -> list[tupl
     if "trace" in data.extras:
         rows.append(("Hessian trace", at(data.extras["trace"])))
     if "bottom_eigenvalues" in data.extras:
-        rows.append(("λ_min", at(np.atleast_2d(data.extras["bottom_eigenvalues"])[:, 0])))
+        rows.append(("θ_min (bottom-k)", at(np.atleast_2d(data.extras["bottom_eigenvalues"])[:, 0])))
+        rows.append(("μ_min = θ_min − 2λ", at(np.atleast_2d(data.extras["bottom_eigenvalues"])[:, 0] - 2 * lam)))
     return rows
+
+
+def _unconverged_count(data: SweepData) -> str:
+    if not data.has_flags:
+        return "unknown (no converged flags: no certificates written)"
+    total = int(np.isfinite(data.eigenvalues).sum()) if data.eig_converged is not None else 0
+    if "bottom_converged" in data.extras:
+        total += int(np.isfinite(np.atleast_2d(data.extras["bottom_eigenvalues"])).sum())
+    return f"{len(data.unconverged())} of {total}"
 
 
 @dataclasses.dataclass
@@ -177,10 +206,16 @@ def write_report(data: SweepData, directory: str | Path, *, outlier_factor: floa
         "n_lambdas": int(data.lambdas.size),
         "total_lambdas": data.total_lambdas,
         "settings": {"outlier_factor": outlier_factor, "min_overlap": min_overlap},
+        "mu_source": data.mu_source,
+        "lambda_axis": _lambda_axis(data.lambdas),
+        "unconverged": data.unconverged() if data.has_flags else None,
         "definitions": {
-            "n_outliers": "#{i: λ_i − 2λ > outlier_factor · median over the top k of (λ_j − 2λ)}; "
+            "mu_j": "μ_j = θ_j − 2λ, the data Hessian's eigenvalue (eig_j = θ_j is ∇²L_eff's); "
+                    "as written by the sweep, else θ_j − 2λ in float64",
+            "n_outliers": "#{i: μ_i > outlier_factor · median over the top k of μ_j}; "
                           "null when that median ≤ 0",
-            "gap": "λ_1 / λ_k (null when λ_k ≤ 0)",
+            "outlier_threshold": "outlier_factor · median over the top k of μ_j (on μ)",
+            "gap": "μ_1 / μ_k (null when μ_k ≤ 0)",
             "overlap_prev_j": "|⟨v_i(previous λ), v_j(λ)⟩| of the matched i (optimal assignment); "
                               "null for the first λ and for a new branch",
             "branch_j": "branch id of eigenvalue j: continued when the matched overlap ≥ min_overlap, else new",
@@ -204,25 +239,61 @@ def write_report(data: SweepData, directory: str | Path, *, outlier_factor: floa
     return ReportResult(directory, files, report, figs)
 
 
+def _lambda_axis(lam: np.ndarray) -> str:
+    if not log_lambda_axis(lam):
+        return "linear"
+    return "log, λ = 0 apart" if np.any(lam == 0) else "log"
+
+
+def _fmt(v: float) -> str:
+    return "—" if not math.isfinite(v) else f"{v:.6g}"
+
+
+def _unconverged_section(data: SweepData) -> list[str]:
+    out = ["## Unconverged eigenpairs", ""]
+    if not data.has_flags:
+        return out + ["No converged flags in this sweep's output (no certificates: e.g. the torch pipeline); "
+                      "nothing can be said about which pairs met the solver's tolerance.", ""]
+    rows = data.unconverged()
+    if not rows:
+        return out + ["None: every pair found met the solver's tolerance.", ""]
+    out += [f"{len(rows)} pairs did not meet the solver's tolerance; they are hollow red circles in the "
+            "eigenvalue plots and are not results:", "",
+            "| λ | top/bottom | index | θ | μ = θ − 2λ | residual | error bound |", "|---|---|---|---|---|---|---|"]
+    out += [f"| {r['lambda']:.6g} | {r['kind']} | {r['index']} | {_fmt(r['eigenvalue'])} | {_fmt(r['mu'])} | "
+            f"{_fmt(r['residual'])} | {_fmt(r['error_bound'])} |" for r in rows]
+    return out + [""]
+
+
 def _summary_markdown(data, headline, plots, outlier_factor, min_overlap, formats) -> str:
     fmt = "png" if "png" in formats else formats[0]
     out = [f"# Hessian sweep report: `{data.run_id}`", "", "| quantity | value |", "|---|---|"]
     out += [f"| {name} | {value} |" for name, value in headline]
+    source = ("as written by the sweep (`data_eigenvalues`)" if data.mu_source == "written"
+              else "computed here as θ − 2λ in float64 (no `data_eigenvalues` written)")
+    axis = _lambda_axis(data.lambdas)
     out += [
         "",
         "Definitions: λ is the penalty of L_eff = mean CE + λ‖θ − θ_ref‖², which adds exactly 2λI to the "
-        "Hessian. *Outliers above the bulk*: eigenvalues with λ_i − 2λ > "
-        f"{outlier_factor:g} × the median of λ_j − 2λ over the top {data.k} (saturates near k/2: then k is too "
-        "small to reach the bulk). *Gap*: λ₁/λ_k. *Branches*: eigenvectors at neighbouring finished λ paired by "
+        "Hessian: θ_i (eigenvalues of ∇²L_eff) = μ_i + 2λ, with μ_i the eigenvalues of the data Hessian "
+        f"∇²(mean CE), {source}. **Everything the shift would dominate is on μ**: the μ plot (log y), "
+        f"*outliers above the bulk* — μ_i > {outlier_factor:g} × the median of μ_1 … μ_{data.k} (saturates "
+        "near k/2: then k is too small to reach the bulk) —, the *gap* μ₁/μ_k, the branches and the SLQ "
+        "density (broadened on the nodes less 2λ). θ is plotted with the 2λ line. "
+        "*Branches*: eigenvectors at neighbouring finished λ paired by "
         "an optimal assignment on |⟨v_i, v_j⟩|; a pair with overlap ≥ "
-        f"{min_overlap:g} continues a branch, otherwise a new branch starts. Per-λ values are in "
-        "`derived.csv`/`derived.json`.",
+        f"{min_overlap:g} continues a branch, otherwise a new branch starts. λ axis: {axis}"
+        + (" (λ > 0 span two decades or more; λ = 0 is drawn in the narrow panel at the left)"
+           if axis.startswith("log") else "") + ". Per-λ values are in `derived.csv`/`derived.json`.",
         "",
     ]
+    out += _unconverged_section(data)
     titles = {
-        "eigenvalues": "Top-k eigenvalues", "outliers": "λ₁, outliers and gap", "performance": "Loss and accuracy",
-        "distance": "Distance to the anchor", "overlaps": "Eigenvector overlaps", "branches": "Eigenvalue branches",
-        "trace": "Hessian trace", "density": "Spectral density", "bottom": "Bottom eigenvalues",
+        "data_eigenvalues": "Data-Hessian eigenvalues μ = θ − 2λ", "eigenvalues": "Top-k eigenvalues θ of ∇²L_eff",
+        "outliers": "μ₁, outliers and gap (on μ)", "performance": "Loss and accuracy",
+        "distance": "Distance to the anchor", "overlaps": "Eigenvector overlaps",
+        "branches": "Eigenvalue branches (on μ)", "trace": "Hessian trace", "density": "Spectral density of μ",
+        "bottom": "Bottom eigenvalues (θ and μ)",
     }
     for name in plots:
         out += [f"## {titles.get(name, name)}", "", f"![{name}]({name}.{fmt})", ""]
