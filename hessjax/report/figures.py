@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from .branches import _branches
+from .branches import _branches, _events
 from .derived import Derived
 from .load import SweepData, _metric
 
@@ -195,7 +195,8 @@ def _overlap_matrix_panel(ax, lam: np.ndarray, k: int, pair) -> None:
 
 
 def _plot_branches(data: SweepData, derived: Derived) -> Drawn:
-    """Eigenvalue branches followed through crossings, with the penalty's 2λ."""
+    """Eigenvalue branches (lines only where continued), crossings ×, avoided crossings ○, discontinuities
+    as dashed vertical lines, with the penalty's 2λ."""
     lam = data.lambdas
     fig = _figure((7, 4.5))
     ax = fig.add_subplot()
@@ -205,9 +206,18 @@ def _plot_branches(data: SweepData, derived: Derived) -> Drawn:
         color = colors((2 * c) % 20 + (c // 10) % 2)  # ten dark hues first, then their light twins
         ax.plot(b["lambda"], _positive(np.asarray(b["eigenvalue"])), color=color, lw=1.2, **_marker(lam))
     ax.plot(lam, _positive(2 * lam), "k--", lw=1, label="2λ (penalty)")
+    events = _events(data, derived)  # markers are collections, not lines: ax.lines stays one per series
+    for key, marker, label in (("crossings", "x", "crossing"), ("avoided", "o", "avoided crossing")):
+        if events[key]:
+            x, y = np.asarray(events[key], np.float64).T
+            ax.scatter(x, _positive(y), marker=marker, s=40, zorder=3, label=label,
+                       **({"color": "k"} if marker == "x" else {"facecolors": "none", "edgecolors": "k"}))
+    if events["discontinuities"]:
+        ax.vlines(events["discontinuities"], 0, 1, transform=ax.get_xaxis_transform(), colors="C3",
+                  linestyles="dashed", lw=1, label="discontinuity")
     ax.set_yscale("log")
     ax.set(xlabel="λ", ylabel="eigenvalue of ∇²L_eff",
-           title=f"{data.run_id}: {len(branches)} branches matched by eigenvector overlap"
+           title=f"{data.run_id}: {len(branches)} branches followed by eigenvector overlap"
            + ("" if derived.has_vectors else " (no eigenvectors: by index)"))
     ax.legend(loc="best", fontsize=8)
     return fig, len(branches) + 1

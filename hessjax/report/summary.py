@@ -12,7 +12,7 @@ import numpy as np
 
 from .. import results
 from ..results import UsageError
-from .branches import DEFAULT_MIN_OVERLAP, _branches, _reordered_pairs
+from .branches import DEFAULT_MIN_OVERLAP, UNIQUE_OVERLAP, _branches, _branch_summary
 from .derived import DEFAULT_OUTLIER_FACTOR, Derived, compute_derived
 from .figures import make_figures
 from .load import SweepData, _metric, load_sweep
@@ -96,8 +96,7 @@ def _headline(data: SweepData, derived: Derived, branches: Mapping) -> list[tupl
         ("‖θ − θ_ref‖", at(_metric(data, "distance_to_anchor"))),
         ("‖∇L_eff‖ (max)", "—" if not np.isfinite(_metric(data, "grad_norm")).any()
          else f"{np.nanmax(_metric(data, 'grad_norm')):.3g}"),
-        ("branches / λ pairs with a crossing", f"{len(branches)} / {_reordered_pairs(derived)}"
-         + ("" if derived.has_vectors else " (no eigenvectors)")),
+        _branch_headline(derived, branches),
     ]
     if derived.has_vectors:
         rows.append(("lowest matched overlap", f"{np.nanmin(derived.matched_overlap):.3f}"
@@ -107,6 +106,15 @@ def _headline(data: SweepData, derived: Derived, branches: Mapping) -> list[tupl
     if "bottom_eigenvalues" in data.extras:
         rows.append(("λ_min", at(np.atleast_2d(data.extras["bottom_eigenvalues"])[:, 0])))
     return rows
+
+
+def _branch_headline(derived: Derived, branches: Mapping) -> tuple[str, str]:
+    name = "branches / new / crossings / avoided crossings / discontinuities"
+    if not derived.has_vectors or derived.branching is None:
+        return name, f"{len(branches)} / — / — / — / — (no eigenvectors)"
+    b = derived.branching
+    return name, (f"{len(branches)} / {len(b.new_branches)} / {len(b.crossings)} / {len(b.avoided)} / "
+                  f"{len(b.discontinuities)}")
 
 
 @dataclasses.dataclass
@@ -130,8 +138,8 @@ def render_report(out: str | Path, run_id: str | None = None, *, source: str = "
 def _check_settings(outlier_factor, min_overlap, formats) -> None:
     if not (math.isfinite(outlier_factor) and outlier_factor > 0):
         raise UsageError(f"--outlier-factor {outlier_factor}: must be a positive number")
-    if not 0 <= min_overlap <= 1:
-        raise UsageError(f"--min-overlap {min_overlap}: must be in [0, 1]")
+    if not UNIQUE_OVERLAP - 1e-12 <= min_overlap <= 1:
+        raise UsageError(f"--min-overlap {min_overlap}: must be in [1/√2 ≈ 0.7071, 1] (a unique match)")
     bad = [f for f in formats if f not in FORMATS]
     if bad or not formats:
         raise UsageError(f"--formats {','.join(formats)}: choose from {', '.join(FORMATS)}")
@@ -181,15 +189,17 @@ def write_report(data: SweepData, directory: str | Path, *, outlier_factor: floa
             "n_outliers": "#{i: λ_i − 2λ > outlier_factor · median over the top k of (λ_j − 2λ)}; "
                           "null when that median ≤ 0",
             "gap": "λ_1 / λ_k (null when λ_k ≤ 0)",
-            "overlap_prev_j": "|⟨v_i(previous λ), v_j(λ)⟩| of the matched i (optimal assignment); "
-                              "null for the first λ and for a new branch",
-            "branch_j": "branch id of eigenvalue j: continued when the matched overlap ≥ min_overlap, else new",
+            "overlap_prev_j": "|⟨v_i(previous λ), v_j(λ)⟩| of the uniquely matched i (> min_overlap ≥ 1/√2), "
+                              "or the smallest principal cosine of a continued subspace; null for a branch that "
+                              "starts, restarts or is new",
+            "branch_j": "branch id of eigenvalue j (hessjax.report.branches: unique matches, near-degenerate "
+                        "clusters and rotating subspaces continued; new after a discontinuity)",
         },
         "columns": cols,
         "max_overlap": derived.max_overlap,
         "branches": {str(b): v for b, v in branches.items()},
         "n_branches": len(branches),
-        "reordered_pairs": _reordered_pairs(derived),
+        **_branch_summary(data, derived),
         "extras": sorted(data.extras),
         "plots": plots,
         "headline": dict(headline),
@@ -213,10 +223,15 @@ def _summary_markdown(data, headline, plots, outlier_factor, min_overlap, format
         "Definitions: λ is the penalty of L_eff = mean CE + λ‖θ − θ_ref‖², which adds exactly 2λI to the "
         "Hessian. *Outliers above the bulk*: eigenvalues with λ_i − 2λ > "
         f"{outlier_factor:g} × the median of λ_j − 2λ over the top {data.k} (saturates near k/2: then k is too "
-        "small to reach the bulk). *Gap*: λ₁/λ_k. *Branches*: eigenvectors at neighbouring finished λ paired by "
-        "an optimal assignment on |⟨v_i, v_j⟩|; a pair with overlap ≥ "
-        f"{min_overlap:g} continues a branch, otherwise a new branch starts. Per-λ values are in "
-        "`derived.csv`/`derived.json`.",
+        "small to reach the bulk). *Gap*: λ₁/λ_k. *Branches* (on μ = λ_i − 2λ): an eigenvector continues its "
+        f"branch only through a unique match, |⟨v_i, v_j⟩| > {min_overlap:.4g} (≥ 1/√2); a near-degenerate "
+        "cluster, or a plane in which the vectors rotate, continues as a subspace when all its principal "
+        "cosines exceed that; otherwise the branch ends and the newcomer starts a new one. *Crossing*: two "
+        "branches swap their order of value while each keeps its vector. *Avoided crossing*: their gap has "
+        "a local minimum without a swap while the vectors turn into each other by more than 45°. "
+        "*Discontinuity*: ‖θ − θ_ref‖ jumped by more than ×2 beyond what a smooth penalty path allows "
+        "(non-increasing, at most like 1/λ), or no eigenvector matches: nothing continues across it and "
+        "the branches restart (not counted as new). Per-λ values are in `derived.csv`/`derived.json`.",
         "",
     ]
     titles = {
