@@ -18,7 +18,7 @@ import zarr
 from conftest import REPO, SMALL, sweep
 from hessjax import report
 from hessjax import results
-from hessjax.report import SweepData, match_branches, overlap_matrix, render_report, write_report
+from hessjax.report import SweepData, render_report, write_report
 from hessjax.results import UsageError
 
 PLOTS = ("data_eigenvalues", "eigenvalues", "outliers", "performance", "distance", "overlaps", "branches")
@@ -367,15 +367,17 @@ def test_derived_values_follow_their_definitions(run, rendered):
     v1 = g["eigenvectors"][order[1]].astype(np.float64)
     o = np.abs(v0 @ v1.T)
     np.testing.assert_allclose(meta["max_overlap"][1], o.max(axis=0), atol=1e-6)
-    from scipy.optimize import linear_sum_assignment
-
-    rows, cols = linear_sum_assignment(-o)
-    for i, j in zip(rows, cols):
-        if o[i, j] >= 0.5:
-            assert table[f"branch_{j + 1}"][1] == i  # at the first λ branch i is eigenvalue i + 1
-            assert table[f"overlap_prev_{j + 1}"][1] == pytest.approx(o[i, j], abs=1e-6)
-        else:
-            assert table[f"branch_{j + 1}"][1] >= K and np.isnan(table[f"overlap_prev_{j + 1}"][1])
+    continued = meta["intervals"][0]["status"] == "continued"
+    isolated = [np.all(np.abs(np.delete(m, j) - m[j]) > 1e-3 * np.abs(m).max()) for m in mu[:2] for j in range(K)]
+    for j in range(K):
+        i = int(np.argmax(o[:, j]))
+        bid, ov = table[f"branch_{j + 1}"][1], table[f"overlap_prev_{j + 1}"][1]
+        if not continued or np.isnan(ov):  # restarted or new
+            assert bid >= K and np.isnan(ov)
+        else:  # continued: uniquely (> 1/√2), or as a subspace with all cosines > 1/√2
+            assert ov > 1 / np.sqrt(2)
+        if continued and o[i, j] > 1 / np.sqrt(2) and np.argmax(o[i]) == j and isolated[i] and isolated[K + j]:
+            assert bid == i and ov == pytest.approx(o[i, j], abs=1e-6)  # at the first λ branch i is index i + 1
     # every branch's points are (λ, eigenvalue) pairs of the table
     for branch in meta["branches"].values():
         for lam_b, val, idx in zip(branch["lambda"], branch["eigenvalue"], branch["index"]):
@@ -474,10 +476,11 @@ def test_extra_arrays_get_their_plots(run, tmp_path):
 # --------------------------------------------------------------------------------------------- branches
 
 
-def _synthetic(lams, vectors, values, tmp_path=None):
+def _synthetic(lams, vectors, values, tmp_path=None, distances=None):
     """SweepData of given per-λ eigenvalues ``[n, k]`` and eigenvectors ``[n, k, P]`` (kept in memory)."""
     n = len(lams)
-    metrics = {"distance_to_anchor": np.linspace(1, 2, n), "grad_norm": np.full(n, 1e-3),
+    distances = np.full(n, 1.5) if distances is None else np.asarray(distances, float)
+    metrics = {"distance_to_anchor": distances, "grad_norm": np.full(n, 1e-3),
                "train_loss": np.full(n, 0.1), "test_loss": np.full(n, 0.2), "test_accuracy": np.full(n, 0.9)}
     return SweepData("synthetic", "zarr", np.asarray(lams, float), metrics, np.asarray(values, float), n,
                      vectors.shape[-1], {}, lambda i: vectors[i].astype(np.float32))
@@ -509,9 +512,18 @@ def test_branches_follow_a_crossing_and_new_directions(tmp_path):
     assert branches[(10, 8, 6, 4)]["index"] == [1, 1, 2, 2] and branches[(5, 7, 9, 11)]["index"] == [2, 2, 1, 1]
     assert branches[(2,)]["lambda"] == [3.0]
     assert result.derived["n_branches"] == 4 and result.derived["reordered_pairs"] == 1
-    assert len(result.figures["branches"].axes[0].lines) == 4
+    # in μ = λ_i − 2λ B passes A between λ = 1 and 2; D is new at λ = 3 (where C left)
+    assert [(c["lambda"], c["above_before"], c["above_after"]) for c in result.derived["crossings"]] == [
+        ([1.0, 2.0], 0, 1)]
+    assert result.derived["new_branches"] == [{"lambda": 3.0, "index": 3, "branch": 3}]
+    assert result.derived["n_avoided_crossings"] == 0 and result.derived["n_discontinuities"] == 0
+    assert result.derived["headline"]["branches / new / crossings / avoided crossings / discontinuities"] == \
+        "4 / 1 / 1 / 0 / 0"
+    ax = result.figures["branches"].axes[0]
+    assert len(ax.lines) == 4  # one per branch
+    assert [len(c.get_offsets()) for c in ax.collections] == [1]  # the crossing (×), nothing else
     # drawn on μ = θ − 2λ: the branch of direction B is 5, 7 − 2, 9 − 4, 11 − 6
-    ys = [np.asarray(line.get_ydata(), float) for line in result.figures["branches"].axes[0].lines]
+    ys = [np.asarray(line.get_ydata(), float) for line in ax.lines]
     assert any(np.array_equal(y, [5, 5, 5, 5]) for y in ys)
     assert any(np.array_equal(y, [10, 6, 2, np.nan], equal_nan=True) for y in ys)  # μ = −2 not on a log axis
     _check_png(result.directory / "branches.png", result.figures["branches"])
@@ -525,7 +537,9 @@ def test_missing_vectors_are_stepped_over_and_no_vectors_follow_indices(tmp_path
     data = _synthetic([0.0, 0.1, 0.2, 0.3], vecs, vals)
     derived = report.compute_derived(data)
     assert derived.branch.tolist() == [[0, 1, 2], [-1, -1, -1], [1, 0, 2], [0, 1, -1]]
-    assert [(a, b) for a, b, _ in derived.pairs] == [(0, 2), (2, 3)] and report._reordered_pairs(derived) == 2
+    assert [(a, b) for a, b, _ in derived.pairs] == [(0, 2), (2, 3)] and derived.branch_rows == [0, 2, 3]
+    # the top two swap their vectors and their indices, but not their order of μ = λ_i − 2λ: no crossing
+    assert derived.branching.status == ["continued", "continued"] and report._reordered_pairs(derived) == 0
     assert np.isnan(derived.max_overlap[:2]).all() and np.allclose(derived.max_overlap[2], 1, atol=1e-6)
     data.vector_reader = None
     derived = report.compute_derived(data)
@@ -534,17 +548,29 @@ def test_missing_vectors_are_stepped_over_and_no_vectors_follow_indices(tmp_path
     assert result.derived["n_branches"] == 3 and result.derived["plots"]["overlaps"]["series"] == 0
 
 
-def test_assignment_is_optimal_not_greedy():
-    # greedy row by row takes (0, 0) = 0.8 and leaves (1, 1) = 0.1; the optimum pairs 0→1 and 1→0 (1.2)
-    o = np.array([[0.8, 0.6], [0.6, 0.1]])
-    branch, matched = match_branches([o], 2, min_overlap=0.5)
-    assert branch[1].tolist() == [1, 0] and matched[1].tolist() == [0.6, 0.6]
-    branch, _ = match_branches([o], 2, min_overlap=0.7)  # both optimal matches too weak: two new branches
-    assert branch[1].tolist() == [2, 3]
-    branch, matched = match_branches([None, np.eye(2)], 2)  # no vectors for a pair: new branches, then followed
-    assert branch.tolist() == [[0, 1], [2, 3], [2, 3]] and np.isnan(matched[1]).all()
-    np.testing.assert_allclose(overlap_matrix(np.array([[3.0, 4.0]]), np.array([[0.0, -2.0], [1.0, 0.0]])),
-                               [[0.8, 0.6]])
+def test_discontinuity_restarts_the_branches_and_is_drawn(tmp_path):
+    # the training lands in another basin at λ = 0.3: ‖θ − θ_ref‖ grows ×4 and the vectors are unrelated
+    q = np.linalg.qr(np.random.default_rng(2).standard_normal((40, 40)))[0]
+    vecs = np.stack([q[:3], q[:3], q[3:6], q[3:6]])
+    vals = np.array([[5.0, 3.0, 1.0], [5.1, 3.1, 1.1], [6.0, 4.0, 2.0], [6.1, 4.1, 2.1]])
+    data = _synthetic([0.1, 0.2, 0.3, 0.4], vecs, vals, distances=[1.0, 0.9, 3.6, 3.5])
+    result = write_report(data, tmp_path / "rep", formats=("png",), keep_figures=True)
+    meta = result.derived
+    assert meta["n_discontinuities"] == 1 and meta["discontinuities"][0]["lambda"] == [0.2, 0.3]
+    assert "θ_ref" in meta["discontinuities"][0]["reason"]
+    assert meta["n_branches"] == 6 and meta["n_new_branches"] == 0  # three restarted, none new
+    assert [iv["status"] for iv in meta["intervals"]] == ["continued", "discontinuity", "continued"]
+    table = pd.read_csv(result.directory / "derived.csv")
+    assert table[["branch_1", "branch_2", "branch_3"]].to_numpy().tolist() == [[0, 1, 2]] * 2 + [[3, 4, 5]] * 2
+    assert table["overlap_prev_1"].isna().tolist() == [True, False, True, False]
+    ax = result.figures["branches"].axes[0]
+    assert len(ax.lines) == 6 and len(ax.collections) == 1  # a line per branch; the dashed line at the discontinuity
+    (seg,) = ax.collections[0].get_segments()
+    assert seg[0, 0] == seg[1, 0] == pytest.approx(np.sqrt(0.2 * 0.3))
+    assert "| branches / new / crossings / avoided crossings / discontinuities | 6 / 0 / 0 / 0 / 1 |" in \
+        (result.directory / "summary.md").read_text()
+    with pytest.raises(UsageError, match="min-overlap"):
+        write_report(data, tmp_path / "rep2", min_overlap=0.5)
 
 
 # --------------------------------------------------------------------------------------------- command line

@@ -18,7 +18,7 @@ writes into ``OUT/report-ID/`` (never into the store)::
     performance.{png,svg}          train/test loss and test accuracy
     distance.{png,svg}             ‖θ − θ_ref‖ and ‖∇L_eff‖
     overlaps.{png,svg}             eigenvector overlaps between neighbouring λ
-    branches.{png,svg}             eigenvalue branches (on μ) followed through crossings
+    branches.{png,svg}             eigenvalue branches (on μ), crossings, avoided crossings, discontinuities
     trace / density / bottom       when the sweep wrote them (``--trace``, ``--density``: the SLQ density
                                    of μ; ``--bottom-k``: θ and μ with their converged flags)
     summary.md                     headline numbers, the definitions, the unconverged pairs and every plot
@@ -44,13 +44,15 @@ memory at once).
 * *gap* ``μ_1 / μ_k`` (NaN when ``μ_k ≤ 0``): on θ it would tend to 1 as 2λ grows;
 * *overlap* between neighbouring finished λ ``a < b`` (consecutive among those with eigenvectors; a
   diverged λ is stepped over): ``O_ij = |⟨v_i(a), v_j(b)⟩|`` (k × k);
-* *branches*: ``scipy.optimize.linear_sum_assignment`` on ``−O`` pairs each eigenvector at ``b`` with
-  one at ``a``, maximising the summed overlap; a pair with ``O_ij ≥ --min-overlap`` (default 0.5)
-  continues the branch of ``i``, otherwise ``j`` starts a new branch (a direction that entered the
-  top k). Branch ids count from 0 in order of appearance (at the first λ branch ``i`` is eigenvalue
-  ``i + 1``); ``-1`` marks an eigenvalue without a branch (NaN, or no eigenvectors at that λ). A
-  branch follows one curvature direction through crossings, where the eigenvalue index of that
-  direction changes; a *crossing* pair is a neighbouring pair across which some branch changes index.
+* *branches* (:mod:`~hessjax.report.branches`, on ``μ``): an eigenvector continues its branch only
+  through a unique match, ``O_ij > --min-overlap`` (default and minimum ``1/√2``); a near-degenerate
+  cluster, or a plane in which the vectors rotate, continues as a subspace when all its principal
+  cosines exceed that; otherwise the branch ends and an eigenvector that continues nothing starts a
+  *new* branch. A *crossing* is a swap of the order of two branches that keep their vectors; an
+  *avoided crossing* a local minimum of their gap without a swap while the vectors turn into each
+  other; a *discontinuity* (``‖θ − θ_ref‖`` jumped, or nothing matches) continues nothing, and the
+  branches after it restart (not counted as new). Branch ids count from 0 in order of appearance;
+  ``-1`` marks an eigenvalue without a branch (NaN, or no eigenvectors at that λ).
   Without any eigenvectors (``--eigenvectors none`` and no store) branches are the indices.
 
 **Modules.** :mod:`~hessjax.report.load` reads a sweep (:class:`SweepData`), :mod:`~hessjax.report.derived`

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .branches import DEFAULT_MIN_OVERLAP, match_branches, overlap_matrix
+from .branches import DEFAULT_MIN_OVERLAP, BranchResult, gram_matrix, match_branches
 
 if TYPE_CHECKING:
     from .load import SweepData
@@ -60,6 +60,8 @@ class Derived:
     max_overlap: np.ndarray  # [n, k] max_i |⟨v_i(previous λ), v_j(λ)⟩| (NaN: no previous λ with vectors)
     pairs: list  # [(a, b, O [k, k])] neighbouring rows a < b that both have eigenvectors
     has_vectors: bool  # at least one such pair
+    branching: BranchResult | None = None  # crossings, avoided crossings, discontinuities (rows: branch_rows)
+    branch_rows: list | None = None  # the rows of data that have eigenvectors, as numbered in branching
 
 
 def compute_derived(data: SweepData, *, outlier_factor: float = DEFAULT_OUTLIER_FACTOR,
@@ -68,7 +70,9 @@ def compute_derived(data: SweepData, *, outlier_factor: float = DEFAULT_OUTLIER_
     eigenvectors read one λ at a time.
 
     Neighbours are consecutive finished λ that have eigenvectors (a diverged λ, or one whose vector
-    file is missing, is stepped over and its eigenvalues get branch ``-1``). Without any eigenvectors
+    file is missing, is stepped over and its eigenvalues get branch ``-1``). Branches follow the rules of
+    :mod:`~hessjax.report.branches` on ``μ = θ − 2λ``, with ‖θ − θ_ref‖ (and a ``best_epoch`` metric
+    where there is one) marking discontinuities. Without any eigenvectors
     the branches are the eigenvalue indices. A NaN eigenvalue (fewer than k found) has branch ``-1``.
     """
     n, k = data.lambdas.size, data.k
@@ -80,19 +84,26 @@ def compute_derived(data: SweepData, *, outlier_factor: float = DEFAULT_OUTLIER_
         if current is None or current.shape[0] < k:
             continue
         if previous is not None and previous[1].shape == current.shape:
-            pairs.append((previous[0], i, overlap_matrix(previous[1], current)[:k, :k]))
+            pairs.append((previous[0], i, gram_matrix(previous[1], current)[:k, :k]))
         elif previous is not None:  # a different P: cannot be compared
             pairs.append((previous[0], i, None))
         rows.append(i)
         previous = (i, current)
+    pairs = [(a, b, None if g is None else np.abs(g), g) for a, b, g in pairs]
     branch = np.tile(np.arange(k), (n, 1))
     matched = np.full((n, k), np.nan)
     max_overlap = np.full((n, k), np.nan)
+    branching = None
     if rows:
         branch[:] = -1
-        sub_branch, sub_matched = match_branches([o for _, _, o in pairs], k, min_overlap)
-        branch[rows], matched[rows] = sub_branch, sub_matched
-        for _, b, o in pairs:
+        distance, best_epoch = data.metrics.get("distance_to_anchor"), data.metrics.get("best_epoch")
+        branching = match_branches([g for _, _, _, g in pairs], k, min_overlap,  # on μ = θ − 2λ
+                                   eigenvalues=data.mu[rows],
+                                   distances=None if distance is None else np.asarray(distance)[rows],
+                                   lambdas=data.lambdas[rows],
+                                   best_epochs=None if best_epoch is None else np.asarray(best_epoch)[rows])
+        branch[rows], matched[rows] = branching.branch, branching.matched
+        for _, b, o, _ in pairs:
             if o is not None:
                 max_overlap[b] = o.max(axis=0)
     branch[~np.isfinite(data.eigenvalues)] = -1
@@ -101,5 +112,6 @@ def compute_derived(data: SweepData, *, outlier_factor: float = DEFAULT_OUTLIER_
         if bid >= 0:
             relabel.setdefault(int(bid), len(relabel))
     branch = np.vectorize(lambda b: relabel.get(int(b), -1), otypes=[np.int64])(branch) if branch.size else branch
-    pairs = [(a, b, o) for a, b, o in pairs if o is not None]
-    return Derived(counts, thresholds, gap_ratio(data.mu), branch, matched, max_overlap, pairs, bool(pairs))
+    pairs = [(a, b, o) for a, b, o, _ in pairs if o is not None]
+    return Derived(counts, thresholds, gap_ratio(data.mu), branch, matched, max_overlap, pairs, bool(pairs),
+                   branching, rows)

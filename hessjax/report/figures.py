@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .branches import _branches
+from .branches import _branches, _events
 from .derived import Derived
 from .load import SweepData, _metric
 
@@ -334,7 +334,8 @@ def _overlap_matrix_panel(ax, lam: np.ndarray, k: int, pair) -> None:
 
 
 def _plot_branches(data: SweepData, derived: Derived) -> Drawn:
-    """Eigenvalue branches followed through crossings, on μ = θ − 2λ (log y)."""
+    """Eigenvalue branches on μ = θ − 2λ (log y), lines only where continued; crossings ×, avoided
+    crossings ○, discontinuities as dashed vertical lines."""
     lam, mu = data.lambdas, data.mu
     fig = _figure((7, 4.5))
     (row,) = _lambda_rows(fig, lam)
@@ -344,10 +345,23 @@ def _plot_branches(data: SweepData, derived: Derived) -> Drawn:
         color = colors((2 * c) % 20 + (c // 10) % 2)  # ten dark hues first, then their light twins
         t = np.searchsorted(lam, b["lambda"])  # rows of the branch's λ (exact: the same floats)
         row.plot(b["lambda"], _positive(mu[t, np.asarray(b["index"]) - 1]), color=color, lw=1.2, **_marker(lam))
+    events = _events(data, derived, values=mu)  # markers are collections, not lines: one line per branch
+    ax = row.main
+    for key, marker, label in (("crossings", "x", "crossing"), ("avoided", "o", "avoided crossing")):
+        if events[key]:
+            x, y = np.asarray(events[key], np.float64).T
+            shown = x > 0 if row.zero is not None else np.ones(x.size, bool)
+            ax.scatter(x[shown], _positive(y[shown]), marker=marker, s=40, zorder=3, label=label,
+                       **({"color": "k"} if marker == "x" else {"facecolors": "none", "edgecolors": "k"}))
+    if events["discontinuities"]:
+        ax.vlines(events["discontinuities"], 0, 1, transform=ax.get_xaxis_transform(), colors="C3",
+                  linestyles="dashed", lw=1, label="discontinuity")
     row.set_yscale("log")
     row.set(ylabel="μ: eigenvalue of ∇²(mean CE)",
-            title=f"{data.run_id}: {len(branches)} branches matched by eigenvector overlap (on μ)"
+            title=f"{data.run_id}: {len(branches)} branches followed by eigenvector overlap (on μ)"
             + ("" if derived.has_vectors else " (no eigenvectors: by index)"))
+    if events["crossings"] or events["avoided"] or events["discontinuities"]:
+        ax.legend(loc="best", fontsize=8)
     return fig, len(branches)
 
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from .. import results
 from ..results import UsageError
-from .branches import DEFAULT_MIN_OVERLAP, _branches, _reordered_pairs
+from .branches import DEFAULT_MIN_OVERLAP, UNIQUE_OVERLAP, _branches, _branch_summary
 from .derived import DEFAULT_OUTLIER_FACTOR, Derived, compute_derived
 from .figures import log_lambda_axis, make_figures
 from .load import SweepData, _metric, load_sweep
@@ -115,8 +115,7 @@ def _headline(data: SweepData, derived: Derived, branches: Mapping) -> list[tupl
         ("‖θ − θ_ref‖", at(_metric(data, "distance_to_anchor"))),
         ("‖∇L_eff‖ (max)", "—" if not np.isfinite(_metric(data, "grad_norm")).any()
          else f"{np.nanmax(_metric(data, 'grad_norm')):.3g}"),
-        ("branches / λ pairs with a crossing", f"{len(branches)} / {_reordered_pairs(derived)}"
-         + ("" if derived.has_vectors else " (no eigenvectors)")),
+        _branch_headline(derived, branches),
     ]
     if derived.has_vectors:
         rows.append(("lowest matched overlap", f"{np.nanmin(derived.matched_overlap):.3f}"
@@ -136,6 +135,15 @@ def _unconverged_count(data: SweepData) -> str:
     if "bottom_converged" in data.extras:
         total += int(np.isfinite(np.atleast_2d(data.extras["bottom_eigenvalues"])).sum())
     return f"{len(data.unconverged())} of {total}"
+
+
+def _branch_headline(derived: Derived, branches: Mapping) -> tuple[str, str]:
+    name = "branches / new / crossings / avoided crossings / discontinuities"
+    if not derived.has_vectors or derived.branching is None:
+        return name, f"{len(branches)} / — / — / — / — (no eigenvectors)"
+    b = derived.branching
+    return name, (f"{len(branches)} / {len(b.new_branches)} / {len(b.crossings)} / {len(b.avoided)} / "
+                  f"{len(b.discontinuities)}")
 
 
 @dataclasses.dataclass
@@ -159,8 +167,8 @@ def render_report(out: str | Path, run_id: str | None = None, *, source: str = "
 def _check_settings(outlier_factor, min_overlap, formats) -> None:
     if not (math.isfinite(outlier_factor) and outlier_factor > 0):
         raise UsageError(f"--outlier-factor {outlier_factor}: must be a positive number")
-    if not 0 <= min_overlap <= 1:
-        raise UsageError(f"--min-overlap {min_overlap}: must be in [0, 1]")
+    if not UNIQUE_OVERLAP - 1e-12 <= min_overlap <= 1:
+        raise UsageError(f"--min-overlap {min_overlap}: must be in [1/√2 ≈ 0.7071, 1] (a unique match)")
     bad = [f for f in formats if f not in FORMATS]
     if bad or not formats:
         raise UsageError(f"--formats {','.join(formats)}: choose from {', '.join(FORMATS)}")
@@ -216,15 +224,17 @@ def write_report(data: SweepData, directory: str | Path, *, outlier_factor: floa
                           "null when that median ≤ 0",
             "outlier_threshold": "outlier_factor · median over the top k of μ_j (on μ)",
             "gap": "μ_1 / μ_k (null when μ_k ≤ 0)",
-            "overlap_prev_j": "|⟨v_i(previous λ), v_j(λ)⟩| of the matched i (optimal assignment); "
-                              "null for the first λ and for a new branch",
-            "branch_j": "branch id of eigenvalue j: continued when the matched overlap ≥ min_overlap, else new",
+            "overlap_prev_j": "|⟨v_i(previous λ), v_j(λ)⟩| of the uniquely matched i (> min_overlap ≥ 1/√2), "
+                              "or the smallest principal cosine of a continued subspace; null for a branch that "
+                              "starts, restarts or is new",
+            "branch_j": "branch id of eigenvalue j (hessjax.report.branches: unique matches, near-degenerate "
+                        "clusters and rotating subspaces continued; new after a discontinuity)",
         },
         "columns": cols,
         "max_overlap": derived.max_overlap,
         "branches": {str(b): v for b, v in branches.items()},
         "n_branches": len(branches),
-        "reordered_pairs": _reordered_pairs(derived),
+        **_branch_summary(data, derived),
         "extras": sorted(data.extras),
         "plots": plots,
         "headline": dict(headline),
@@ -280,9 +290,15 @@ def _summary_markdown(data, headline, plots, outlier_factor, min_overlap, format
         f"*outliers above the bulk* — μ_i > {outlier_factor:g} × the median of μ_1 … μ_{data.k} (saturates "
         "near k/2: then k is too small to reach the bulk) —, the *gap* μ₁/μ_k, the branches and the SLQ "
         "density (broadened on the nodes less 2λ). θ is plotted with the 2λ line. "
-        "*Branches*: eigenvectors at neighbouring finished λ paired by "
-        "an optimal assignment on |⟨v_i, v_j⟩|; a pair with overlap ≥ "
-        f"{min_overlap:g} continues a branch, otherwise a new branch starts. λ axis: {axis}"
+        "*Branches* (on μ): an eigenvector continues its "
+        f"branch only through a unique match, |⟨v_i, v_j⟩| > {min_overlap:.4g} (≥ 1/√2); a near-degenerate "
+        "cluster, or a plane in which the vectors rotate, continues as a subspace when all its principal "
+        "cosines exceed that; otherwise the branch ends and the newcomer starts a new one. *Crossing*: two "
+        "branches swap their order of value while each keeps its vector. *Avoided crossing*: their gap has "
+        "a local minimum without a swap while the vectors turn into each other by more than 45°. "
+        "*Discontinuity*: ‖θ − θ_ref‖ jumped by more than ×2 beyond what a smooth penalty path allows "
+        "(non-increasing, at most like 1/λ), or no eigenvector matches: nothing continues across it and "
+        f"the branches restart (not counted as new). λ axis: {axis}"
         + (" (λ > 0 span two decades or more; λ = 0 is drawn in the narrow panel at the left)"
            if axis.startswith("log") else "") + ". Per-λ values are in `derived.csv`/`derived.json`.",
         "",
