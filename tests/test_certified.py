@@ -88,12 +88,29 @@ def test_error_bounds_hold_against_the_dense_spectrum(passes):
         assert np.all(bound[separated] <= 0.2 * r[separated])
 
 
+def test_float32_bounds_with_the_rounding_term_hold_against_float64():
+    """Solved on the float32 operator, certified with ``OPERATOR_ROUNDING·ε·scale`` added: every bound
+    holds against the eigenvalues of the exact (float64) operator; without the term most would not."""
+    from hessjax.bounds import OPERATOR_ROUNDING
+
+    spectrum = np.concatenate([[4.0, 3.0, 2.5, 2.0, 1.8], np.random.default_rng(17).uniform(-1, 1.5, 195)])
+    a64 = _operator(spectrum, seed=18)
+    res = _solve(jnp.asarray(np.random.default_rng(19).standard_normal(200), jnp.float32),
+                 jnp.asarray(a64, jnp.float32), k=5, num_iters=40, max_restarts=30, tol=1e-5)
+    mu, r = np.asarray(res.eigenvalues, np.float64), np.asarray(res.residuals, np.float64)
+    err = np.abs(mu - spectrum[:5])
+    eps = float(np.finfo(np.float32).eps)
+    assert np.all(err <= error_bounds(mu, r, OPERATOR_ROUNDING * eps * float(res.scale)))
+    assert np.sum(err <= error_bounds(mu, r)) < 5  # the float32 operator's rounding is what the term is for
+
+
 def test_error_bounds_cases():
     mu = np.array([3.0, 2.0, 1.0])
     np.testing.assert_allclose(error_bounds(mu, [0.1, 0.1, 0.1]), [0.01 / 0.8, 0.01 / 0.8, 0.1])
     np.testing.assert_array_equal(error_bounds(mu, [0.5, 0.6, 0.1]), [0.5, 0.6, 0.1])  # gaps ≤ residuals
     assert error_bounds(mu, [np.nan, 0.1, 0.1])[0] == np.inf
     np.testing.assert_array_equal(error_bounds([1.0], [0.25]), [0.25])
+    np.testing.assert_allclose(error_bounds(mu, [0.1, 0.1, 0.1], rounding=0.5), [0.5125, 0.5125, 0.6])
     with pytest.raises(ValueError, match="equal 1-D shapes"):
         error_bounds(mu, [0.1, 0.1])
 

@@ -22,7 +22,7 @@ from typing import Callable
 import numpy as np
 
 from .. import results
-from ..bounds import error_bounds, shifted
+from ..bounds import OPERATOR_ROUNDING, error_bounds, shifted
 
 __all__ = ["BatchWriter", "WriteError", "store_extras", "write_lambda"]
 
@@ -94,7 +94,8 @@ def write_lambda(ctx, store, lam: float, a, s, seconds: float, batch_matvecs: in
     diverged = bool(s.diverged) or not np.isfinite(a.train_loss) or not np.all(np.isfinite(a.weights))
     eig = a.eig  # of the data Hessian: μ
     theta = shifted(eig.eigenvalues, lam)  # of ∇²L_eff, in float64
-    bounds = error_bounds(eig.eigenvalues, eig.residuals)
+    eps = float(np.finfo(np.asarray(eig.eigenvalues).dtype).eps)
+    bounds = error_bounds(eig.eigenvalues, eig.residuals, OPERATOR_ROUNDING * eps * float(eig.scale))
     nan = float("nan")
     extra_record, extra_arrays = _extra_results(a.extras, lam, anchor.num_params)
     record = results.make_record(
