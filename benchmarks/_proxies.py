@@ -6,7 +6,7 @@
 (b) per-λ wall time of a sweep at ``--lambda-batch 8`` ÷ ``--lambda-batch 1``;
 (c) Lanczos products a batch executed (members run in lockstep: the most any member needed) ÷ the
     sum of what its members needed;
-(d) ``select_n`` operations over basis-sized arrays (``≥ (m + 1)·P`` elements) in the batched
+(d) ``select_n`` operations over basis-sized arrays (``≥ B·(m + 1)·P`` elements) in the batched
     eigensolver's program: the batched solver against ``vmap`` of the single-member solver (how
     the engine batched λ before).
 """
@@ -39,7 +39,7 @@ def basis_selects(batch: int = 8, k: int = 16, samples: int = 512) -> dict:
     v0 = jnp.ones((batch, p), jnp.float32)
     matvec = functools.partial(linearized_flat_hessian_matvec)
     keys = jax.vmap(jax.random.key)(jnp.arange(batch))
-    threshold = (default_num_iters(k, p) + 1) * p
+    threshold = batch * (default_num_iters(k, p) + 1) * p  # a basis of every member: [B, ≥ m + 1, P]
 
     def count(fn, *args) -> int:
         jaxpr = jax.make_jaxpr(fn)(*args)
