@@ -25,21 +25,6 @@ from .load import SweepData, _metric, load_sweep
 FORMATS = ("png", "svg")
 
 
-def _plain(x):
-    """JSON values: numpy to Python, non-finite floats to null."""
-    if isinstance(x, Mapping):
-        return {str(k): _plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple, np.ndarray)):
-        return [_plain(v) for v in (x.tolist() if isinstance(x, np.ndarray) else x)]
-    if isinstance(x, (bool, np.bool_)):
-        return bool(x)
-    if isinstance(x, (int, np.integer)):
-        return int(x)
-    if isinstance(x, (float, np.floating)):
-        return float(x) if math.isfinite(float(x)) else None
-    return x if x is None or isinstance(x, str) else str(x)
-
-
 def _columns(data: SweepData, derived: Derived) -> dict[str, np.ndarray]:
     n, k = data.lambdas.size, data.k
     cols: dict[str, np.ndarray] = {"lambda": data.lambdas}
@@ -239,7 +224,7 @@ def write_report(data: SweepData, directory: str | Path, *, outlier_factor: floa
         "plots": plots,
         "headline": dict(headline),
     }
-    text = json.dumps(_plain(report), indent=1, allow_nan=False, ensure_ascii=False) + "\n"
+    text = json.dumps(results.jsonable(report), indent=1, allow_nan=False, ensure_ascii=False) + "\n"
     files.append(results.atomic_write(directory / "derived.json", lambda tmp: tmp.write_text(text, encoding="utf-8")))
 
     md = _summary_markdown(data, headline, plots, outlier_factor, min_overlap, formats)
