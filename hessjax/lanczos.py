@@ -72,9 +72,15 @@ entry is positive. Their residuals ``‖A v − θ v‖`` are computed from the 
 matvec and do catch a loss of orthogonality or a corrupted recurrence; ``converged`` is the same
 test that ended the iteration. Everything (the restart
 loop, each Lanczos pass, the breakdown, exit and locking logic) runs inside ``lax.while_loop``
-over preallocated arrays ``[m + b_max, P]``; there is no host round trip. Under ``vmap`` the
-conditionals (early-exit checks, second passes) are evaluated for every member, which costs time
-but not correctness.
+over preallocated arrays ``[m + b_max, P]``; there is no host round trip.
+
+**Batches.** The solver is written for a batch of ``B`` independent operators
+(:func:`top_k_eigenpairs_batched`; :func:`top_k_eigenpairs` is its batch of one). Every loop
+condition and branch is decided once for the batch (``any`` over members), a member that has stopped
+only stops writing (row-sized selects, never basis-sized ones), the second Gram–Schmidt pass runs
+only where a member needs it, and a random vector is drawn only when a member meets an invariant
+subspace. Members run in lockstep: the batch executes its slowest member's products for every member.
+``vmap`` of :func:`top_k_eigenpairs` also works, but evaluates every branch for every member.
 """
 
 from __future__ import annotations
