@@ -154,7 +154,7 @@ def run(anchor_path, out, *, run_id=None, seed=0, lambdas="0", lr=0.0015, batch_
             eig = top_k_eigsh(op.numpy_matvec, weights.shape[0], k, tol=tol)
         record = results.make_record(
             lam, train_loss=nan if diverged else train_loss, test_loss=nan if diverged else test_loss,
-            test_accuracy=nan if diverged else test_acc, epochs=fit.epochs, converged=fit.converged,
+            test_accuracy=nan if diverged else test_acc, epochs=fit.epochs, best_epoch=fit.best_epoch, converged=fit.converged,
             diverged=diverged, grad_norm=nan if diverged else float(np.linalg.norm(grad)),
             distance_to_anchor=nan if diverged else dist, seconds=time.perf_counter() - t0,
             eigenvalues=() if eig is None else eig.eigenvalues, residuals=() if eig is None else eig.residuals,

@@ -33,7 +33,7 @@ EXTRA_ARRAYS = {
     "bottom_converged": ("lambda", "bottom"),  # 1.0 where the pair met the solver's tolerance, else 0.0
 }
 METRICS = ("train_loss", "test_loss", "test_accuracy", "grad_norm", "distance_to_anchor", "max_residual", "epochs",
-           "converged", "diverged")
+           "best_epoch", "converged", "diverged")
 _LABEL_RE = r"[0-9]+(?:\.[0-9]+)?"
 
 

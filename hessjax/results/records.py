@@ -40,6 +40,7 @@ MODEL_COLUMNS = (
     "max_residual",
     "num_converged_eigs",
     "seconds",
+    "best_epoch",
 )
 #: Columns appended to ``Model-ID.csv`` when a record's ``extra`` has them (``--trace``, ``--bottom-k``).
 OPTIONAL_MODEL_COLUMNS = ("trace", "trace_stderr", "lambda_min", "lambda_min_residual")
@@ -93,6 +94,7 @@ def make_record(
     data_eigenvalues=(),
     error_bounds=(),
     convergence_scale: float = math.nan,
+    best_epoch: int = -1,
     timings: Mapping[str, float] | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> dict:
@@ -116,6 +118,7 @@ def make_record(
         "test_loss": float(test_loss),
         "test_accuracy": float(test_accuracy),
         "epochs": int(epochs),
+        "best_epoch": int(best_epoch),
         "converged": bool(converged),
         "diverged": bool(diverged),
         "grad_norm": float(grad_norm),
@@ -189,7 +192,7 @@ def write_model_csv(out, run_id: str, records: Mapping[float, Mapping] | None = 
     """Rebuild ``Model-ID.csv`` (atomically, never appended) from the records, one row per λ ascending.
 
     Header: ``lambda,train_loss,test_loss,test_accuracy,epochs,converged,diverged,grad_norm,
-    distance_to_anchor,max_residual,num_converged_eigs,seconds``, then those of
+    distance_to_anchor,max_residual,num_converged_eigs,seconds,best_epoch``, then those of
     :data:`OPTIONAL_MODEL_COLUMNS` that some record's ``extra`` holds (``--trace``, ``--bottom-k``).
     ``lambda`` is written as its label,
     floats with shortest round-trip digits (``nan`` for a diverged λ's losses), booleans ``True``/``False``.

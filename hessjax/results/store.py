@@ -26,6 +26,7 @@ _SCALARS = {
     "convergence_scale": ("float64", np.nan),
     "seconds": ("float64", np.nan),
     "epochs": ("int32", -1),
+    "best_epoch": ("int32", -1),
     "num_converged_eigs": ("int32", -1),
     "converged": ("bool", False),
     "diverged": ("bool", False),
@@ -55,7 +56,7 @@ class SweepStore:
         lambda [lambda] float64 (coordinate)           eig [eig] int32 = 1..k (coordinate)
         train_loss, test_loss, test_accuracy, grad_norm, distance_to_anchor, max_residual,
         convergence_scale, seconds   [lambda] float64, NaN until written
-        epochs, num_converged_eigs   [lambda] int32, -1 until written
+        epochs, best_epoch, num_converged_eigs   [lambda] int32, -1 until written
         converged, diverged          [lambda] bool, False until written
         eigenvalues (θ of ∇²L_eff), data_eigenvalues (μ = θ − 2λ), residuals, error_bounds
                                      [lambda, eig] float64 NaN;   eig_converged [lambda, eig] bool

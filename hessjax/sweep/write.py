@@ -104,6 +104,7 @@ def write_lambda(ctx, store, lam: float, a, s, seconds: float, batch_matvecs: in
         test_loss=nan if diverged else a.test_loss,
         test_accuracy=nan if diverged else a.test_accuracy,
         epochs=int(s.epoch),
+        best_epoch=int(s.best_epoch),
         converged=bool(s.converged),
         diverged=diverged,
         grad_norm=nan if diverged else a.grad_norm,
