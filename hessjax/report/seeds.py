@@ -201,7 +201,7 @@ def _plot_seeds_mu(table: SeedTable, st: dict, flags: list[dict]):
               _flag_points(table, flags, f"mu_{j + 1}"), positive=True)
     row.set_yscale("log")
     row.set(ylabel="μ: eigenvalue of ∇²(mean CE)",
-            title=f"{table.base}: μ_1…μ_{k} over {len(table.seeds)} seeds (mean, ±1 std, min/max; red ×: flagged)")
+            title=f"{table.base}: μ_1…μ_{k} over {len(table.seeds)} seeds\n(mean, ±1 std, min/max dotted; red ×: flagged)")
     row.legend(loc="best", fontsize=8)
     return fig, k
 
@@ -218,7 +218,7 @@ def _plot_seeds_metrics(table: SeedTable, st: dict, flags: list[dict]):
         if name == "distance_to_anchor":
             _log_if_positive(rows[r], table.values[q])
         rows[r].set(ylabel=labels[name])
-    rows[0].set(title=f"{table.base}: over {len(table.seeds)} seeds (mean, ±1 std, min/max; red ×: flagged)")
+    rows[0].set(title=f"{table.base}: over {len(table.seeds)} seeds\n(mean, ±1 std, min/max dotted; red ×: flagged)")
     return fig, len(SEED_METRICS)
 
 
