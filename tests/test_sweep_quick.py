@@ -60,3 +60,29 @@ def test_a_failed_write_stops_the_sweep_and_keeps_what_was_finished(tmp_path, mo
     assert sweep.main(args) == 0
     model = pd.read_csv(tmp_path / "Model-default.csv")
     assert model["lambda"].tolist() == [0, 0.05, 0.1]
+
+
+def test_unconverged_pairs_are_flagged_everywhere_and_named_in_one_warning(tmp_path, capsys):
+    """A solve given no room (a 5-vector basis, no restarts) leaves pairs unconverged: they are False
+    in the certificates CSV, the record and the store, and one warning line names the λ."""
+    import xarray as xr
+
+    args = ["--out", str(tmp_path), "--lambdas", "0,0.05", "--train-samples", "300", "--test-samples", "100",
+            "--hessian-samples", "200", "--k", "4", "--lanczos-iters", "5", "--max-restarts", "0",
+            "--no-multiplicity-check", "--max-epochs", "2", "--batch-size", "100", "--chunk-size", "100", "--quiet"]
+    assert sweep.main(args) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    missed = {}
+    for label in ("0", "0.05"):
+        cert = pd.read_csv(tmp_path / f"Hessian-eigenvalue-certificates-default-{label}.csv")
+        rec = json.loads((tmp_path / "records" / f"default-{label}.json").read_text())
+        assert cert["converged"].tolist() == rec["eig_converged"]
+        assert (cert["residual"] > 1e-5 * rec["convergence_scale"]).tolist() == (~cert["converged"]).tolist()
+        missed[label] = int((~cert["converged"]).sum())
+    assert sum(missed.values()) > 0  # the setting really leaves pairs unconverged
+    shown = [f"{label} ({n} of 4)" for label, n in missed.items() if n]
+    assert len(warnings) == 1 and all(s in warnings[0] for s in shown)
+    ds = xr.open_zarr(tmp_path / "default.zarr", consolidated=False).sortby("lambda")
+    assert (~ds["eig_converged"].values).sum(axis=1).tolist() == list(missed.values())
+    model = pd.read_csv(tmp_path / "Model-default.csv")
+    assert (4 - model["num_converged_eigs"]).tolist() == list(missed.values())
