@@ -45,7 +45,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from .lanczos import EigResult, lanczos_tridiag, top_k_eigenpairs
+from .krylov import lanczos_tridiag
+from .lanczos import EigResult, top_k_eigenpairs
 from .operators import apply_operator, as_int, check_operator
 
 Array = jax.Array
