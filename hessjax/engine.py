@@ -60,7 +60,7 @@ class SpectrumConfig(NamedTuple):
     density_probes: int = 0  # stochastic Lanczos quadrature probes (0: no density)
     density_iters: int = 80  # Lanczos steps per SLQ probe
     bottom_k: int = 0  # smallest eigenpairs (0: none)
-    multiplicity_check: bool = True  # locking passes that find degenerate copies (~(m − k)/2 matvecs each)
+    multiplicity_check: bool = True  # completeness probes for missed eigenvalues (max((m − k)/4, 12) matvecs each)
 
 
 class Extras(NamedTuple):
@@ -142,7 +142,7 @@ def _finish(params: Params, anchor: Params, key, train: Chunks, test: Chunks, he
 
 
 def analyze(params: Params, anchor: Params, lam, key, train: Chunks, test: Chunks, hess: Chunks,
-            spectrum: SpectrumConfig, *, probes=None, precision=DEFAULT_PRECISION) -> Analysis:
+            spectrum: SpectrumConfig, *, probes=None, precision=DEFAULT_PRECISION, warm_start=None) -> Analysis:
     """Metrics, gradient and top-k eigenpairs of the data Hessian of one member at ``params``.
 
     The eigenpairs are those of ``∇²(mean CE)``, without the penalty's ``2λI`` (see the module
@@ -151,27 +151,31 @@ def analyze(params: Params, anchor: Params, lam, key, train: Chunks, test: Chunk
     (:func:`hessjax.hvp.linearize_hessian`) and every Lanczos step applies only the R-operator
     (about 2.6 instead of 4.75 forward passes per product; memory: the residuals of all ``hess``
     samples, 2.6 kB per sample for 784-128-128-10 in float32). The products use ``precision``.
+    ``warm_start`` ``[g, P]`` (e.g. a neighbouring λ's eigenvectors) starts Lanczos from their sum
+    (:func:`hessjax.lanczos.top_k_eigenpairs`); ``None``: from λ's random vector.
     For a batch of members use :func:`analyze_batch`, not ``vmap`` of this.
     """
     pre = _prepare(params, anchor, lam, key, train, hess, precision)
     eig = top_k_eigenpairs(functools.partial(linearized_flat_hessian_matvec, precision=precision), pre.v0,
                            spectrum.k, spectrum.num_iters, params=(pre.lin, pre.unshifted, hess), key=pre.k_restart,
-                           **_eig_options(spectrum, precision))
+                           warm_start=warm_start, **_eig_options(spectrum, precision))
     return _finish(params, anchor, key, train, test, hess, pre, eig, spectrum, probes, precision)
 
 
 def analyze_batch(params: Params, anchor: Params, lams, keys, train: Chunks, test: Chunks, hess: Chunks,
-                  spectrum: SpectrumConfig, *, probes=None, precision=DEFAULT_PRECISION) -> Analysis:
+                  spectrum: SpectrumConfig, *, probes=None, precision=DEFAULT_PRECISION, warm_start=None,
+                  use_warm=None) -> Analysis:
     """:func:`analyze` for a batch of members (``params``, ``lams``, ``keys`` with a leading ``B``):
     the per-member parts under ``vmap``, the eigensolve by
     :func:`hessjax.lanczos.top_k_eigenpairs_batched`, whose branches are decided once per batch.
-    Each member's result equals its :func:`analyze` alone."""
+    ``warm_start`` ``[B, g, P]`` and ``use_warm`` ``[B]``: the members that start from the sum of
+    their warm vectors. Each member's result equals its :func:`analyze` alone."""
     pre = jax.vmap(lambda p, lam, key: _prepare(p, anchor, lam, key, train, hess, precision))(params, lams, keys)
     matvec = jax.vmap(functools.partial(linearized_flat_hessian_matvec, precision=precision),
                       in_axes=(0, 0, 0, None))
     eig = top_k_eigenpairs_batched(matvec, pre.v0, spectrum.k, spectrum.num_iters,
                                    params=(pre.lin, pre.unshifted, hess), keys=pre.k_restart,
-                                   **_eig_options(spectrum, precision))
+                                   warm_start=warm_start, use_warm=use_warm, **_eig_options(spectrum, precision))
     return jax.vmap(lambda p, key, pr, e: _finish(p, anchor, key, train, test, hess, pr, e, spectrum, probes,
                                                   precision))(params, keys, pre, eig)
 
@@ -227,14 +231,23 @@ class Programs:
                 lambda s, lam: train_epoch(s, anchor, lam, x, y, train, order, cfg, precision=precision)
             )(states, lams)
 
-        def analyze_all(params, anchor, lams, keys, train, test, hess, probes):
+        def analyze_all(params, anchor, lams, keys, train, test, hess, probes, warm_previous, warm_stored, source,
+                        previous_ok):
+            # source per member: 0 cold, 1 the previous batch's same member, 2 vectors from the store
+            use = (source == 2) | ((source == 1) & previous_ok)
+            warm = jnp.where((source == 2)[:, None, None], warm_stored, warm_previous)
             return analyze_batch(params, anchor, lams, keys, train, test, hess, spec, probes=probes,
-                                 precision=precision)
+                                 precision=precision, warm_start=warm, use_warm=use)
+
+        def healthy(states, analysis):  # what the writer calls not diverged, decided on the device
+            finite = jnp.isfinite(analysis.train_loss) & jnp.all(jnp.isfinite(analysis.weights), axis=1)
+            return ~states.diverged & finite
 
         split = self.split
         self.init = jax.jit(init, out_shardings=split)
         self.epoch = jax.jit(epoch, out_shardings=split, donate_argnums=0)
         self.analyze = jax.jit(analyze_all, out_shardings=split)
+        self.healthy = jax.jit(healthy, out_shardings=split)
 
     def compilations(self) -> dict[str, int]:
         """How many times each program was compiled (1 each for a sweep whose batches share a shape)."""

@@ -106,10 +106,10 @@ __all__ = ["DEFAULT_MAX_RESTARTS", "EigResult", "LanczosDecomp", "default_num_it
 #: Restarts allowed after the first Lanczos pass (locking passes included).
 DEFAULT_MAX_RESTARTS = 30
 
-_MAX_LOCKING_PASSES = 8  # caps the residual block at 1 + 8 rows
-assert LOCAL_ROWS >= _MAX_LOCKING_PASSES + 2, "the local Gram–Schmidt step must see the whole residual block"
-_LOCK_STEPS = 12  # at least this many columns per start row in a locking pass
-_START, _THICK, _LOCK = 0, 1, 2  # restart actions
+_MAX_PROBES = 8  # completeness probes at most (each one that finds something is followed by another)
+_PROBE_STEPS = 12  # at least this many columns per probe
+_WARM_RESTARTS = 3  # restarts a warm start may take before it falls back to the cold start vector
+_START, _THICK, _PROBE, _COLD = 0, 1, 2, 3  # how the next pass begins
 
 
 class EigResult(NamedTuple):
@@ -122,41 +122,47 @@ class EigResult(NamedTuple):
     num_matvecs: Array  # [] int32, operator applications
     num_restarts: Array  # [] int32, restarts after the first pass (locking passes included)
     scale: Array  # [] the convergence scale max(|θ_1|, |θ_min|) of the basis (θ_min its lowest Ritz value)
+    warm: Array  # [] bool, the result comes from the warm start (False: cold start, or the warm one fell back)
 
 
 class _State(NamedTuple):
-    """One member's carry of the restart loop (``R = m + b_max`` basis rows); the solver carries a
+    """One member's carry of the restart loop (``R = m + 1`` basis rows); the solver carries a
     batch of them (a leading member axis on every field)."""
 
-    basis: Array  # [R, P] rows 0..n-1 Krylov basis, rows n..n+b-1 residual block
+    basis: Array  # [R, P] rows 0..n-1 Krylov basis, row n the residual row
     products: Array  # [R, P] row j: A q_j for the rows j < n
     proj: Array  # [R, R] T = Qᵀ A Q from the Gram–Schmidt coefficients
     theta: Array  # [m] Ritz values of T[:m, :m], descending
     ritz: Array  # [m, m] their eigenvectors S (columns)
-    ref: Array  # [k] top-k Ritz values when the last locking pass started
+    ref: Array  # [k] top-k Ritz values when the last probe started
     anorm: Array  # [] running max ‖A q_j‖, the operator scale
-    block: Array  # [] int32 b, rows in the residual block
     filled: Array  # [] int32 n ≤ m, columns processed by the last pass
-    action: Array  # [] int32 restart to do next: _START, _THICK or _LOCK
-    verified: Array  # [] bool, the last locking pass found nothing new
+    action: Array  # [] int32 how the next pass begins: _START, _THICK, _PROBE or _COLD
+    verified: Array  # [] bool, the last probe found nothing new
+    warm: Array  # [] bool, iterating from the warm start (not yet fallen back)
+    probes: Array  # [] int32, probes made since the last start
+    tries: Array  # [] int32, restarts since the last start
     num_matvecs: Array  # [] int32
-    num_restarts: Array  # [] int32
+    num_restarts: Array  # [] int32, passes after the first (probes and a cold restart included)
     done: Array  # [] bool
     out_theta: Array  # [k] the certified result, set aside when the member is done
     out_vectors: Array  # [k, P]
     out_residuals: Array  # [k]
     out_scale: Array  # []
     out_converged: Array  # [k] bool
+    out_warm: Array  # [] bool
 
 
 def top_k_eigenpairs(matvec: Callable, v0: Array, k: int, num_iters: int | None = None, *, params=(),
                      tol=1e-5, max_restarts: int = DEFAULT_MAX_RESTARTS, key=None,
-                     precision=lax.Precision.HIGHEST, multiplicity_check: bool = True) -> EigResult:
+                     precision=lax.Precision.HIGHEST, multiplicity_check: bool = True,
+                     warm_start: Array | None = None) -> EigResult:
     r"""The ``k`` largest (algebraic) eigenpairs of a symmetric operator ``A``.
 
     Args:
       matvec: ``matvec(v, *params) -> A v`` for ``v`` ``[P]``; ``A`` must be symmetric.
       v0: start vector ``[P]`` (any nonzero norm); its dtype is the working dtype of everything.
+        With ``warm_start`` it is the cold start vector of the fallback.
       k: number of eigenpairs, ``1 ≤ k < P`` (static).
       num_iters: Krylov basis size ``m``, ``k < m ≤ P`` (static); default
         :func:`default_num_iters` (``min(P, max(2k + 20, 4k))``).
@@ -164,23 +170,26 @@ def top_k_eigenpairs(matvec: Callable, v0: Array, k: int, num_iters: int | None 
       tol: converged when ``‖A v_i − θ_i v_i‖ ≤ tol·s`` for every ``i ≤ k``, with the scale
         ``s = max(|θ_1|, |θ_min|)`` (``θ_min`` the lowest Ritz value of the basis: ``|θ_1|`` for a
         positive semi-definite ``A``, the operator's norm where negative eigenvalues dominate).
-      max_restarts: restarts allowed after the first pass (static), locking passes included.
-      key: PRNG key for the random vectors of invariant-subspace and locking restarts; default a
+      max_restarts: restarts allowed after the first pass (static), probes included.
+      key: PRNG key for the random vectors of invariant-subspace restarts and probes; default a
         fixed key, so results are reproducible for given ``key`` and ``v0``.
       precision: of every product with the basis (Gram–Schmidt, Ritz vectors).
-      multiplicity_check: make the locking passes that find a second copy of a degenerate
-        eigenvalue inside the top k (static; default True). The first costs about ``(m − k)/2``
-        matvecs (45 for ``k = 30``); turn it off only when the top k are known to be simple.
+      multiplicity_check: make the completeness probes that find an eigenvalue the Krylov space
+        missed — a second copy of a degenerate one, or one a warm start is blind to (static;
+        default True). Each costs ``max((m − k)/4, 12)`` matvecs (22 for ``k = 30``).
+      warm_start: ``[g, P]`` eigenvectors of a nearby operator (e.g. the previous λ's top k), or
+        ``None``: the iteration starts from their sum and checks for convergence from its first
+        columns on; it falls back to ``v0`` if it has not converged after 3 restarts.
 
     Returns:
       :class:`EigResult`. Its ``residuals`` are true residuals ``‖A v − θ v‖`` of the returned
       pairs, from the stored products of the operator; ``converged`` is ``residuals ≤ tol·scale``,
-      the same test that ends the iteration; ``num_matvecs`` counts every product.
+      the same test that ends the iteration; ``num_matvecs`` counts every product (the probes and
+      a failed warm start included).
 
-    The algorithm (thick restart, exact arrow coupling, invariant subspaces, locking passes that
-    detect missed copies of degenerate eigenvalues) is described in the module docstring. Works
-    under ``jax.jit`` (``matvec``, ``k``, ``num_iters``, ``max_restarts`` static) and ``jax.vmap``
-    over ``v0`` and ``params``.
+    The algorithm (thick restart, exact arrow coupling, invariant subspaces, warm starts and the
+    completeness probes) is described in the module docstring. Works under ``jax.jit`` (``matvec``,
+    ``k``, ``num_iters``, ``max_restarts`` static) and ``jax.vmap`` over ``v0`` and ``params``.
     """
     v0, params, key = check_start(matvec, v0, params, key)
     dim = v0.shape[0]
@@ -193,23 +202,29 @@ def top_k_eigenpairs(matvec: Callable, v0: Array, k: int, num_iters: int | None 
         raise ValueError(f"max_restarts={max_restarts} must be >= 0")
     if isinstance(tol, (int, float)) and not (math.isfinite(tol) and tol >= 0):
         raise ValueError(f"tol={tol!r} must be a finite number >= 0")
+    warm = None if warm_start is None else _check_warm(jnp.asarray(warm_start)[None], v0[None])
+
     def one(v, *op_params):  # the batched operator of a batch of one
         return apply_operator(matvec, v[0], op_params)[None]
 
-    sizes = _Sizes.of(k, m, dim, bool(multiplicity_check))
-    solver = _Solver(one, params, sizes, jnp.asarray(tol, v0.dtype), max_restarts, precision, key[None])
-    return jax.tree_util.tree_map(lambda a: a[0], solver.solve(v0[None]))
+    sizes = _Sizes.of(k, m, dim, bool(multiplicity_check), max_restarts)
+    solver = _Solver(one, params, sizes, jnp.asarray(tol, v0.dtype), max_restarts, precision, key[None], v0[None])
+    use = None if warm is None else jnp.ones((1,), jnp.bool_)
+    return jax.tree_util.tree_map(lambda a: a[0], solver.solve(warm, use))
 
 
 def top_k_eigenpairs_batched(matvec_batch: Callable, v0: Array, k: int, num_iters: int | None = None, *,
                              params=(), tol=1e-5, max_restarts: int = DEFAULT_MAX_RESTARTS, keys=None,
-                             precision=lax.Precision.HIGHEST, multiplicity_check: bool = True) -> EigResult:
+                             precision=lax.Precision.HIGHEST, multiplicity_check: bool = True,
+                             warm_start: Array | None = None, use_warm: Array | None = None) -> EigResult:
     r""":func:`top_k_eigenpairs` of ``B`` independent symmetric operators at once, without ``vmap``.
 
     ``matvec_batch(V, *params) -> [B, P]`` applies member ``b``'s operator to row ``b`` of ``V``
     ``[B, P]`` (e.g. ``jax.vmap(matvec, in_axes=(0, 0, None))`` over batched and shared parameters);
-    ``v0`` ``[B, P]``; ``keys`` ``[B]`` PRNG keys (default: one fixed key for every member). Every
-    field of the :class:`EigResult` gains a leading ``B``; member ``b``'s result is the one
+    ``v0`` ``[B, P]``; ``keys`` ``[B]`` PRNG keys (default: one fixed key for every member);
+    ``warm_start`` ``[B, g, P]`` with ``use_warm`` ``[B]`` bool (default all): which members start
+    warm (a member whose warm vectors are not finite starts cold). Every field of the
+    :class:`EigResult` gains a leading ``B``; member ``b``'s result is the one
     :func:`top_k_eigenpairs` returns for it alone (same algorithm, same random draws). Use this
     rather than ``vmap(top_k_eigenpairs)`` for a batch: under ``vmap`` every data-dependent branch of
     the solver runs for every member and whole bases are selected at every step, while here the batch
@@ -232,8 +247,23 @@ def top_k_eigenpairs_batched(matvec_batch: Callable, v0: Array, k: int, num_iter
         raise ValueError(f"tol={tol!r} must be a finite number >= 0")
     if keys is None:
         keys = jnp.stack([jax.random.key(0)] * v0.shape[0])
-    sizes = _Sizes.of(k, m, dim, bool(multiplicity_check))
-    return _Solver(matvec_batch, params, sizes, jnp.asarray(tol, v0.dtype), max_restarts, precision, keys).solve(v0)
+    warm = None if warm_start is None else _check_warm(jnp.asarray(warm_start), v0)
+    if warm is not None:
+        use_warm = jnp.ones(v0.shape[:1], jnp.bool_) if use_warm is None else jnp.asarray(use_warm, jnp.bool_)
+        if use_warm.shape != v0.shape[:1]:
+            raise ValueError(f"use_warm must have shape {v0.shape[:1]}, got {use_warm.shape}")
+    sizes = _Sizes.of(k, m, dim, bool(multiplicity_check), max_restarts)
+    solver = _Solver(matvec_batch, params, sizes, jnp.asarray(tol, v0.dtype), max_restarts, precision, keys, v0)
+    return solver.solve(warm, use_warm)
+
+
+def _check_warm(warm: Array, v0: Array) -> Array:
+    if warm.ndim != 3 or warm.shape[0] != v0.shape[0] or warm.shape[2] != v0.shape[1] or warm.shape[1] < 1:
+        raise ValueError(f"warm_start must hold at least one vector of length P={v0.shape[1]} per member "
+                         f"(shape [g, P], batched [B, g, P]), got shape {warm.shape[1:] if warm.shape[0] == 1 else warm.shape}")
+    if not jnp.issubdtype(warm.dtype, jnp.floating):
+        raise ValueError(f"warm_start must be real floating point, got {warm.dtype}")
+    return warm
 
 
 class _Sizes(NamedTuple):
@@ -241,16 +271,18 @@ class _Sizes(NamedTuple):
 
     k: int  # pairs wanted
     m: int  # Krylov basis size
-    b_max: int  # most rows of the residual block (1 + locking passes)
-    n_rows: int  # m + b_max: rows of the basis and product arrays
+    n_rows: int  # m + 1: rows of the basis and product arrays (the last one for the residual row)
     k_keep: int  # Ritz vectors kept by a thick restart, k + (m − k)//2
-    allow_lock: bool  # locking passes are made
+    probe_steps: int  # columns of a completeness probe, max((m − k)//4, 12) within m − k
+    max_probes: int  # completeness probes at most, min(k, 8); 0: no check
+    warm_restarts: int  # restarts a warm start may take before it falls back to a cold start
 
     @classmethod
-    def of(cls, k: int, m: int, dim: int, multiplicity_check: bool) -> "_Sizes":
-        # rows m … m+b_max-1 hold the residual block; they must fit in R^P to be orthonormal
-        b_max = max(1, min(1 + min(k, _MAX_LOCKING_PASSES), dim - m))
-        return cls(k, m, b_max, m + b_max, k + (m - k) // 2, b_max >= 2 and multiplicity_check)
+    def of(cls, k: int, m: int, dim: int, multiplicity_check: bool, max_restarts: int) -> "_Sizes":
+        # no probe when the basis is (almost) the whole space: there is nothing left to miss
+        probes = min(k, _MAX_PROBES) if multiplicity_check and dim - m >= 2 else 0
+        return cls(k, m, m + 1, k + (m - k) // 2, min(max((m - k) // 4, _PROBE_STEPS), m - k), probes,
+                   min(_WARM_RESTARTS, max_restarts))
 
 
 class _Certificate(NamedTuple):
@@ -290,113 +322,131 @@ def _get_row(a, i):
     return lax.dynamic_index_in_dim(a, i, keepdims=False)
 
 
+_ONE = 1  # rows in the residual block: every pass extends a single Krylov sequence
+
+
 class _Solver:
     """The steps of the thick-restart solver over a batch of ``B`` independent operators.
 
     Written for the batch rather than ``vmap``-ed over it: a ``vmap`` of data-dependent loops and
-    branches evaluates every branch for every member and selects over whole ``[B, m + b, P]`` bases
+    branches evaluates every branch for every member and selects over whole ``[B, m + 1, P]`` bases
     at every step. Here every loop condition and branch is decided for the whole batch (``any``
     over members), members that have stopped only stop writing (row-sized selects, never
     basis-sized ones), the second Gram–Schmidt pass runs only when a member needs it, a random
-    vector is drawn only when a member meets an invariant subspace, and Ritz values are computed
-    only at a member's check points. A member's numbers do not depend on the others'.
+    vector is drawn only when a member meets an invariant subspace or starts a probe, and Ritz
+    values are computed only at a member's check points. A member's numbers do not depend on the
+    others'.
 
-    One iteration of the outer loop: begin a pass (the first start, a thick restart, or a locking
-    restart — one formula, :meth:`restart`), extend each active member's basis column by column
-    until its early-exit estimate says its top ``k`` may have converged (or to ``m``), certify every
-    member's top ``k`` with their true residuals from the stored products, and decide. The
-    certificate alone decides convergence, so the early exit and the returned ``converged`` flags
-    are the same test. A member that is done keeps its certified result; the batch stops when every
-    member is done.
+    One iteration of the outer loop: begin a pass (the first start, a thick restart, a completeness
+    probe or a cold restart after a failed warm start — one formula, :meth:`restart`), extend each
+    active member's basis column by column until its early-exit estimate says its top ``k`` may have
+    converged (or to the pass's end), certify every member's top ``k`` with their true residuals from
+    the stored products, and decide. The certificate alone decides convergence, so the early exit and
+    the returned ``converged`` flags are the same test. A member that is done keeps its certified
+    result; the batch stops when every member is done.
     """
 
-    def __init__(self, matvec_batch, params, sizes: _Sizes, tol, max_restarts: int, precision, keys):
+    def __init__(self, matvec_batch, params, sizes: _Sizes, tol, max_restarts: int, precision, keys, cold_v0):
         self.matvec, self.params, self.sz, self.tol = matvec_batch, params, sizes, tol
         self.max_restarts, self.precision = max_restarts, precision
         fold = jax.vmap(jax.random.fold_in, in_axes=(0, None))
-        self.key_start, self.key_invariant, self.key_lock = (fold(keys, i) for i in range(3))
+        self.key_start, self.key_invariant, self.key_probe = (fold(keys, i) for i in range(3))
+        self.cold = jax.vmap(start_vector)(cold_v0, self.key_start)  # [B, P] unit cold start vectors
 
     def mm(self, a, b):
         return jnp.matmul(a, b, precision=self.precision)
 
-    def pad(self, s):  # [m, c] -> [n_rows, c], zero rows for the residual block
+    def pad(self, s):  # [m, c] -> [n_rows, c], a zero row for the residual
         return jnp.zeros((self.sz.n_rows, s.shape[1]), s.dtype).at[:self.sz.m].set(s)
 
-    def initial_state(self, v0) -> _State:
-        sz, dtype = self.sz, v0.dtype
-        n, dim = v0.shape
-        start = jax.vmap(start_vector)(v0, self.key_start)
+    def initial_state(self, warm_vectors, use_warm) -> _State:
+        sz, dtype = self.sz, self.cold.dtype
+        n, dim = self.cold.shape
+        if warm_vectors is None:
+            start, use_warm = self.cold, jnp.zeros((n,), jnp.bool_)
+        else:
+            total = jnp.sum(warm_vectors.astype(dtype), axis=1)  # [B, P]: every old eigenvector, weight 1
+            norm = jnp.linalg.norm(total, axis=1)
+            use_warm = use_warm & jnp.isfinite(norm) & (norm > 0)
+            start = jnp.where(use_warm[:, None], total / jnp.where(use_warm, norm, 1)[:, None], self.cold)
         basis0 = jnp.zeros((n, sz.n_rows, dim), dtype).at[:, 0].set(start)
         z = lambda *shape, dt=dtype: jnp.zeros((n, *shape), dt)  # noqa: E731
         return _State(
             basis=basis0, products=jnp.zeros_like(basis0), proj=z(sz.n_rows, sz.n_rows), theta=z(sz.m),
-            ritz=z(sz.m, sz.m), ref=z(sz.k), anorm=z(), block=z(dt=jnp.int32) + 1, filled=z(dt=jnp.int32),
-            action=z(dt=jnp.int32) + _START, verified=z(dt=jnp.bool_), num_matvecs=z(dt=jnp.int32),
-            num_restarts=z(dt=jnp.int32), done=z(dt=jnp.bool_), out_theta=z(sz.k), out_vectors=z(sz.k, dim),
-            out_residuals=z(sz.k), out_scale=z(), out_converged=z(sz.k, dt=jnp.bool_))
+            ritz=z(sz.m, sz.m), ref=z(sz.k), anorm=z(), filled=z(dt=jnp.int32), action=z(dt=jnp.int32) + _START,
+            verified=z(dt=jnp.bool_), warm=use_warm, probes=z(dt=jnp.int32), tries=z(dt=jnp.int32),
+            num_matvecs=z(dt=jnp.int32), num_restarts=z(dt=jnp.int32), done=z(dt=jnp.bool_), out_theta=z(sz.k),
+            out_vectors=z(sz.k, dim), out_residuals=z(sz.k), out_scale=z(), out_converged=z(sz.k, dt=jnp.bool_),
+            out_warm=z(dt=jnp.bool_))
 
     # -- beginning a pass (per member) ------------------------------------------------------------
 
-    def restart(self, st: _State, keep):
+    def restart(self, st: _State, keep, coupled):
         """One member: keep the top ``keep ≤ k_keep`` Ritz vectors and their products, then the
-        residual block with its arrow coupling ``B S``. ``keep = 0`` is the first start."""
+        residual row with its arrow coupling ``B S`` (``coupled``; a probe puts a fresh row there
+        instead). ``keep = 0`` is a start."""
         sz, dim, dtype = self.sz, st.basis.shape[1], st.basis.dtype
         cols = (jnp.arange(sz.k_keep) < keep).astype(dtype)
         s = st.ritz[:, :sz.k_keep] * cols
         y = self.mm(self.pad(s).T, st.basis)  # [k_keep, P], rows ≥ keep zero
         ay = self.mm(self.pad(s).T, st.products)  # A y, by linearity from the stored products
-        res = lax.dynamic_slice(st.basis, (st.filled, jnp.int32(0)), (sz.b_max, dim))  # [b_max, P]
-        basis = lax.dynamic_update_slice(st.basis.at[:sz.k_keep].set(y), res, (keep, jnp.int32(0)))
+        res = _get_row(st.basis, st.filled)
+        basis = _set_row(st.basis.at[:sz.k_keep].set(y), keep, res)
         products = st.products.at[:sz.k_keep].set(ay)
-        arrow = self.mm(coupling(st.proj, sz.m, st.filled, sz.b_max, st.block), s)  # [b_max, k_keep]
+        arrow = self.mm(coupling(st.proj, sz.m, st.filled, _ONE, _ONE), s)[0] * coupled  # [k_keep]
         proj = jnp.zeros((sz.n_rows, sz.n_rows), dtype)
         proj = proj.at[jnp.arange(sz.k_keep), jnp.arange(sz.k_keep)].set(st.theta[:sz.k_keep] * cols)
-        proj = lax.dynamic_update_slice(proj, arrow, (keep, jnp.int32(0)))
-        proj = lax.dynamic_update_slice(proj, arrow.T, (jnp.int32(0), keep))
+        proj = lax.dynamic_update_slice(proj, arrow[None], (keep, jnp.int32(0)))
+        proj = lax.dynamic_update_slice(proj, arrow[:, None], (jnp.int32(0), keep))
         return basis, products, proj
 
-    def keep_of(self, action, block):
-        """Ritz vectors kept: none to start, ``k_keep`` for a thick restart, and for a locking pass
-        ``max((m − k)/4, _LOCK_STEPS)`` columns per start row (block + 1 of them), within ``m − k``."""
+    def keep_of(self, action, filled):
+        """Ritz vectors kept: none to start, ``min(k_keep, filled)`` for a thick restart (a basis
+        shorter than ``k_keep`` after a probe), the top ``k`` for a probe."""
         sz = self.sz
-        lock = jnp.clip(sz.m - (block + 1) * max((sz.m - sz.k) // 4, _LOCK_STEPS), sz.k, sz.k_keep)
-        return jnp.where(action == _START, 0, jnp.where(action == _LOCK, lock, sz.k_keep)).astype(jnp.int32)
+        thick = jnp.minimum(sz.k_keep, filled)
+        keep = jnp.where(action == _PROBE, sz.k, jnp.where(action == _THICK, thick, 0))
+        return keep.astype(jnp.int32)
 
     def begin(self, st: _State):
-        """Every member's restart (done members too: their result is kept aside), then a fresh random
-        row for the members that start a locking pass — drawn only when one does."""
+        """Every member's restart (done members too: their result is kept aside); then, drawn only
+        when some member needs it, a fresh random row for a probe or the cold start vector for a
+        warm start that failed. Returns the pass's basis, products, projection, first column,
+        reference values, first check column and end column."""
         sz = self.sz
-        is_lock = (st.action == _LOCK) & ~st.done
-        keep = jax.vmap(self.keep_of)(st.action, st.block)
-        basis, products, proj = jax.vmap(self.restart)(st, keep)
+        is_probe = (st.action == _PROBE) & ~st.done
+        is_cold = (st.action == _COLD) & ~st.done
+        keep = jax.vmap(self.keep_of)(st.action, st.filled)
+        basis, products, proj = jax.vmap(self.restart)(st, keep, (~is_probe).astype(st.basis.dtype))
 
-        def add_fresh(basis):
-            def one(basis, keep, block, key, lock):
-                filled = (jnp.arange(sz.n_rows) < keep + block).astype(basis.dtype)
-                fresh = random_orthogonal(jax.random.fold_in(key, block), basis, filled, self.precision)
-                row = keep + block
-                return _set_row(basis, row, jnp.where(lock, fresh, _get_row(basis, row)))
-            return jax.vmap(one)(basis, keep, st.block, self.key_lock, is_lock)
+        def fresh_rows(basis):
+            def one(basis, keep, key, probes, cold, probe, restart_cold):
+                kept = (jnp.arange(sz.n_rows) < keep).astype(basis.dtype)
+                row = jnp.where(probe, random_orthogonal(jax.random.fold_in(key, probes), basis, kept,
+                                                         self.precision), cold)
+                return _set_row(basis, keep, jnp.where(probe | restart_cold, row, _get_row(basis, keep)))
+            return jax.vmap(one)(basis, keep, self.key_probe, st.probes, self.cold, is_probe, is_cold)
 
-        basis = lax.cond(jnp.any(is_lock), add_fresh, lambda b: b, basis)
-        block = st.block + is_lock.astype(jnp.int32)
-        ref = jnp.where(is_lock[:, None], st.theta[:, :sz.k], st.ref)
-        min_fill = jnp.where(st.action == _LOCK, sz.m, sz.k_keep).astype(jnp.int32)
-        return basis, products, proj, keep, block, ref, min_fill
+        basis = lax.cond(jnp.any(is_probe | is_cold), fresh_rows, lambda b: b, basis)
+        ref = jnp.where(is_probe[:, None], st.theta[:, :sz.k], st.ref)
+        early = (st.action == _START) & st.warm  # a warm start is checked from its first columns on
+        min_fill = jnp.where(is_probe, sz.m, jnp.where(early, sz.k + CHECK_EVERY, sz.k_keep)).astype(jnp.int32)
+        end = jnp.where(is_probe, sz.k + sz.probe_steps, sz.m).astype(jnp.int32)
+        return basis, products, proj, keep, ref, min_fill, end
 
     # -- one pass ---------------------------------------------------------------------------------
 
-    def estimates(self, proj, n, block, s):
+    def estimates(self, proj, n, s):
         """``‖B s_i‖`` of the top k: the recurrence's residual estimates (exact up to rounding)."""
-        b = coupling(proj, self.sz.m, n, self.sz.b_max, block)
+        b = coupling(proj, self.sz.m, n, _ONE, _ONE)
         return jnp.linalg.norm(self.mm(b, s[:, :self.sz.k]), axis=0)
 
-    def stop(self, proj, n, block):
+    def stop(self, proj, n):
         """One member at a check point: do the estimates of its top k meet the tolerance?"""
         theta, s = ritz(proj, self.sz.m, n)
-        return jnp.all(self.estimates(proj, n, block, s) <= self.tol * _convergence_scale(theta, n))
+        return jnp.all(self.estimates(proj, n, s) <= self.tol * _convergence_scale(theta, n))
 
-    def step(self, c: _Pass, j0, block, min_fill) -> _Pass:
+    def step(self, c: _Pass, j0, min_fill, end) -> _Pass:
         """Column ``j`` of every active member: ``A q_j``, Gram–Schmidt, the next row, the coupling."""
         sz, prec = self.sz, self.precision
         dtype = c.basis.dtype
@@ -404,9 +454,9 @@ class _Solver:
         rows = jnp.arange(sz.n_rows)
         q = jax.vmap(_get_row)(c.basis, c.j)
         w0 = self.matvec(q, *self.params).astype(dtype)  # [B, P]
-        mask = (rows[None, :] < (c.j + block)[:, None]).astype(dtype)  # the filled rows
-        first = functools.partial(first_pass, precision=prec)
-        w, h, n0, n1 = jax.vmap(first)(w0, c.basis, c.j, block, mask)
+        mask = (rows[None, :] < (c.j + _ONE)[:, None]).astype(dtype)  # the filled rows
+        first = functools.partial(first_pass, block=_ONE, precision=prec)
+        w, h, n0, n1 = jax.vmap(lambda w0, basis, j, mask: first(w0, basis, j, mask=mask))(w0, c.basis, c.j, mask)
         need = c.active & needs_second(n0, n1)
 
         def second(w, h):
@@ -426,7 +476,7 @@ class _Solver:
 
         q_next = lax.cond(jnp.any(invariant & c.active), fresh, lambda q: q, q_next)
         beta = jnp.where(invariant, 0, beta)
-        nxt = c.j + block
+        nxt = c.j + _ONE
 
         def write(basis, products, proj, j, nxt, h, beta, q_next, w0, active):
             new_proj = proj.at[:, j].set(h).at[j, :].set(h).at[nxt, j].set(beta).at[j, nxt].set(beta)
@@ -436,16 +486,14 @@ class _Solver:
 
         basis, products, proj = jax.vmap(write)(c.basis, c.products, c.proj, c.j, nxt, h, beta, q_next, w0, c.active)
         n = c.j + c.active.astype(jnp.int32)
-        due = c.active & (n >= min_fill) & ((n - j0) % CHECK_EVERY == 0) & (n < sz.m)
-        halt = lax.cond(jnp.any(due), lambda: due & jax.vmap(self.stop)(proj, n, block),
-                        lambda: jnp.zeros_like(due))
+        due = c.active & (n >= min_fill) & ((n - j0) % CHECK_EVERY == 0) & (n < end)
+        halt = lax.cond(jnp.any(due), lambda: due & jax.vmap(self.stop)(proj, n), lambda: jnp.zeros_like(due))
         return _Pass(n, basis, products, proj, anorm, c.num_matvecs + c.active.astype(jnp.int32),
-                     c.active & ~halt & (n < sz.m))
+                     c.active & ~halt & (n < end))
 
-    def run_pass(self, st, basis, products, proj, j0, block, min_fill) -> _Pass:
-        init = _Pass(j0, basis, products, proj, st.anorm, st.num_matvecs, ~st.done & (j0 < self.sz.m))
-        return lax.while_loop(lambda c: jnp.any(c.active),
-                              lambda c: self.step(c, j0, block, min_fill), init)
+    def run_pass(self, st, basis, products, proj, j0, min_fill, end) -> _Pass:
+        init = _Pass(j0, basis, products, proj, st.anorm, st.num_matvecs, ~st.done & (j0 < end))
+        return lax.while_loop(lambda c: jnp.any(c.active), lambda c: self.step(c, j0, min_fill, end), init)
 
     # -- certificate and decision (per member) ------------------------------------------------------
 
@@ -464,7 +512,7 @@ class _Solver:
         scale = _convergence_scale(theta, filled)
         return _Certificate(theta[:k], vecs, residuals, scale, residuals <= self.tol * scale)
 
-    def decide(self, st: _State, c: _Pass, block, ref) -> _State:
+    def decide(self, st: _State, c: _Pass, ref) -> _State:
         """One member after its pass: Ritz pairs, certificate, what next; its result is set aside the
         first time it is done."""
         sz = self.sz
@@ -472,30 +520,35 @@ class _Solver:
         cert = self.certify(c.basis, c.products, theta, s, c.j)
         conv = jnp.all(cert.converged)
         eps = jnp.finfo(c.basis.dtype).eps
-        is_lock = st.action == _LOCK
+        is_probe = st.action == _PROBE
         rise = jnp.max(theta[:sz.k] - ref)
-        found_new = is_lock & (rise > self.tol * cert.scale + 100 * eps * jnp.max(jnp.abs(theta[:sz.k])))
-        verified = jnp.where(is_lock, ~found_new, st.verified)
-        can_lock = sz.allow_lock & (block < sz.b_max)
-        num_restarts = st.num_restarts + (st.action != _START).astype(jnp.int32)
-        finish = (conv & (verified | ~can_lock)) | (num_restarts >= self.max_restarts)
-        action = jnp.where(conv & can_lock & ~verified, _LOCK, _THICK).astype(jnp.int32)
+        found_new = is_probe & (rise > self.tol * cert.scale + 100 * eps * jnp.max(jnp.abs(theta[:sz.k])))
+        verified = jnp.where(is_probe, ~found_new, st.verified)
+        probes = st.probes + is_probe.astype(jnp.int32)
+        can_probe = probes < sz.max_probes
+        restarted = (st.action != _START) & (st.action != _COLD)
+        tries = st.tries + restarted.astype(jnp.int32)  # restarts since the last (warm or cold) start
+        warm_failed = st.warm & ~conv & (tries >= sz.warm_restarts)
+        finish = (conv & (verified | ~can_probe)) | ((tries >= self.max_restarts) & ~warm_failed)
+        action = jnp.where(warm_failed, _COLD, jnp.where(conv & can_probe & ~verified, _PROBE, _THICK))
+        cold = warm_failed & ~finish  # start again from the cold start vector, with the whole budget
         new = finish & ~st.done
         keep_old = lambda old, upd: jnp.where(st.done, old, upd)  # noqa: E731
         pick = lambda old, upd: jnp.where(new, upd, old)  # noqa: E731
         return _State(
-            c.basis, c.products, c.proj, theta, s, ref, c.anorm, block, c.j, action,
-            keep_old(st.verified, verified), c.num_matvecs, keep_old(st.num_restarts, num_restarts),
+            c.basis, c.products, c.proj, theta, s, ref, c.anorm, c.j, action.astype(jnp.int32),
+            keep_old(st.verified, verified & ~cold), st.warm & ~cold, jnp.where(cold, 0, probes),
+            jnp.where(cold, 0, tries), c.num_matvecs, keep_old(st.num_restarts, st.num_restarts + (st.action != _START).astype(jnp.int32)),
             st.done | finish, pick(st.out_theta, cert.theta), pick(st.out_vectors, cert.vectors),
             pick(st.out_residuals, cert.residuals), pick(st.out_scale, cert.scale),
-            pick(st.out_converged, cert.converged))
+            pick(st.out_converged, cert.converged), pick(st.out_warm, st.warm))
 
     def iterate(self, st: _State) -> _State:
-        basis, products, proj, j0, block, ref, min_fill = self.begin(st)
-        c = self.run_pass(st, basis, products, proj, j0, block, min_fill)
-        return jax.vmap(self.decide)(st, c, block, ref)
+        basis, products, proj, j0, ref, min_fill, end = self.begin(st)
+        c = self.run_pass(st, basis, products, proj, j0, min_fill, end)
+        return jax.vmap(self.decide)(st, c, ref)
 
-    def solve(self, v0) -> EigResult:
-        st = lax.while_loop(lambda st: jnp.any(~st.done), self.iterate, self.initial_state(v0))
+    def solve(self, warm_vectors=None, use_warm=None) -> EigResult:
+        st = lax.while_loop(lambda st: jnp.any(~st.done), self.iterate, self.initial_state(warm_vectors, use_warm))
         return EigResult(st.out_theta, st.out_vectors, st.out_residuals, st.out_converged, st.num_matvecs,
-                         st.num_restarts, st.out_scale)
+                         st.num_restarts, st.out_scale, st.out_warm)

@@ -21,6 +21,7 @@ from hessjax.hvp import chunk_data
 from hessjax.training import TrainConfig, initial_params
 
 SIZES = (10, 6, 3)
+_NUM_PARAMS = sum((a + 1) * b for a, b in zip(SIZES[:-1], SIZES[1:]))
 LAMS = (0.0, 0.3, 1e308)  # a plateau after a few epochs, an early plateau, overflow at the start (diverged)
 
 
@@ -48,7 +49,10 @@ def _run(problem, lams):
     states = engine.train_batch(p, problem["start"], problem["anchor"], lam_arr, problem["x"], problem["y"],
                                 problem["chunks"], 0, 12)
     c = problem["chunks"]
-    analysis = p.analyze(states.best_params, problem["anchor"], lam_arr, keys, c, c, c, problem["probes"])
+    n = len(lams)
+    none = p.put_split(np.zeros((n, 3, _NUM_PARAMS), np.float64))  # cold starts: no warm vectors
+    analysis = p.analyze(states.best_params, problem["anchor"], lam_arr, keys, c, c, c, problem["probes"], none, none,
+                         p.put_split(np.zeros(n, np.int32)), p.put_split(np.zeros(n, bool)))
     return jax.device_get(states), jax.device_get(analysis)
 
 

@@ -70,14 +70,16 @@ def run(config: SweepConfig | None = None, **overrides) -> dict:
         finished = {} if config.overwrite else results.finished_lambdas(inputs.out, run_id)
         todo = [v for v in part if v not in finished]
         if config.dry_run:
-            batches = [todo[i: i + global_batch] for i in range(0, len(todo), global_batch)]
+            usable = {v for v, rec in finished.items() if not rec.get("diverged")}
+            batches = [[s.lam for s in b if s is not None]
+                       for b in plan.walk_segments(part, todo, global_batch, usable, cold=config.cold_start)]
             plan.print_plan(config, inputs, run_id, todo, batches, devices, per_device)
             return {"out": str(inputs.out), "run_id": run_id, "finished": [], "skipped": sorted(finished),
                     "diverged": [], "store": str(results.store_path(inputs.out, run_id)), "dry_run": True}
         compute = compute or Compute(config, inputs, devices, per_device)
         ctx = RunContext(config, inputs, run_id, seed, anchor_io, names, devices)
         all_lams = sorted({float(v) for v in inputs.lams} | set(finished))
-        summary = execute_run(ctx, compute, todo, all_lams)
+        summary = execute_run(ctx, compute, todo, all_lams, part)
         runs.append(summary | {"skipped": sorted(v for v in finished if v in set(part))})
         line = unconverged_warning(summary["unconverged"], config.k, run_id)
         if line:

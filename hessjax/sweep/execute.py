@@ -16,9 +16,10 @@ import time
 import numpy as np
 
 from .. import engine, refine, results
+from . import plan
 from .write import BatchWriter, store_extras, write_lambda
 
-__all__ = ["Compute", "RunContext", "execute_run", "unconverged_pairs", "unconverged_warning"]
+__all__ = ["Compute", "RunContext", "execute_run", "schedule", "unconverged_pairs", "unconverged_warning"]
 
 
 @dataclasses.dataclass
@@ -95,18 +96,61 @@ class Compute:
         return self.programs.put_replicated(
             jax.tree_util.tree_map(np.asarray, initial_params(seed, self.inputs.anchor.sizes, self.dtype)))
 
-    def batch(self, lams: list[float], seed: int, start, on_epoch=None):
-        """Dispatch training and analysis of one batch (padded with repeats to the global batch size);
-        returns ``(states, analysis)`` as device arrays, still computing."""
-        padded = lams + [lams[-1]] * (self.global_batch - len(lams))  # repeats; their results are dropped
+    def batch(self, slots, seed: int, start, previous=None, store=None, on_epoch=None):
+        """Dispatch training and analysis of one batch; returns ``(states, analysis)`` as device
+        arrays, still computing.
+
+        ``slots`` has one :class:`hessjax.sweep.plan.Slot` (or ``None``: nothing to do) per member
+        of the global batch, or fewer; empty members repeat a live one, its start included, so they
+        cost the batch nothing extra (their results are dropped). ``previous`` is the batch before's
+        ``(eigenvectors, healthy)`` on the devices, ``store`` the run's store (for ``"store"`` slots).
+        """
+        slots = list(slots) + [None] * (self.global_batch - len(slots))
+        live = [i for i, s in enumerate(slots) if s is not None]
+        fill = [i if slots[i] is not None else live[i % len(live)] for i in range(len(slots))]
+        padded = [slots[i] for i in fill]
         p = self.programs
-        lam_arr = p.put_split(np.asarray(padded, self.dtype))
-        keys = p.put_split(engine.lambda_keys(seed, padded))
+        lam_arr = p.put_split(np.asarray([s.lam for s in padded], self.dtype))
+        keys = p.put_split(engine.lambda_keys(seed, [s.lam for s in padded]))
         states = engine.train_batch(p, start, self.anchor_dev, lam_arr, self.x, self.y, self.train, seed,
                                     self.config.max_epochs, on_epoch)
+        source = np.asarray([{"cold": 0, "previous": 1, "store": 2}[s.source] for s in padded], np.int32)
+        if previous is None and np.any(source == 1):
+            raise RuntimeError("a batch continues from the batch before, but there is none")
+        warm_previous, previous_ok = previous if previous is not None else self._no_previous()
+        if np.any(np.asarray(fill) != np.arange(len(fill))) and previous is not None:
+            index = p.put_split(np.asarray(fill, np.int32))  # an empty member starts as the one it repeats
+            warm_previous, previous_ok = self._take(warm_previous, previous_ok, index)
+        warm_stored = self._stored([s.neighbour if s.source == "store" else None for s in padded], store)
         analysis = p.analyze(states.best_params, self.anchor_dev, lam_arr, keys, self.train, self.test, self.hess,
-                             p.put_replicated(engine.probe_key(seed)))
+                             p.put_replicated(engine.probe_key(seed)), warm_previous, warm_stored,
+                             p.put_split(source), previous_ok)
         return states, analysis
+
+    def _no_previous(self):
+        if getattr(self, "_zeros", None) is None:
+            k, n_params, g = self.config.k, self.inputs.anchor.num_params, self.global_batch
+            self._zeros = (self.programs.put_split(np.zeros((g, k, n_params), self.dtype)),
+                           self.programs.put_split(np.zeros((g,), bool)))
+        return self._zeros
+
+    def _take(self, vectors, ok, index):
+        import jax
+
+        if getattr(self, "_take_fn", None) is None:
+            split = self.programs.split
+            self._take_fn = jax.jit(lambda v, o, i: (v[i], o[i]), out_shardings=(split, split))
+        return self._take_fn(vectors, ok, index)
+
+    def _stored(self, neighbours, store):
+        """``[G, k, P]`` on the devices: each ``"store"`` member's neighbour's eigenvectors, zeros elsewhere."""
+        if all(v is None for v in neighbours):
+            return self._no_previous()[0]
+        rows = np.zeros((len(neighbours), self.config.k, self.inputs.anchor.num_params), self.dtype)
+        for i, v in enumerate(neighbours):
+            if v is not None:
+                rows[i] = store.eigenvectors(v)
+        return self.programs.put_split(rows)
 
 
 class _Progress:
@@ -174,9 +218,11 @@ def open_run(ctx, all_lams) -> "results.SweepStore":
     return results.SweepStore(results.store_path(out, run_id))
 
 
-def _write_job(ctx, store, lams, states, analysis, t0, report, progress):
+def _write_job(ctx, store, slots, states, analysis, t0, report, progress):
     """The writer's job for one batch: fetch the rows this process holds, write each λ, rebuild the
     run's tables under its lock, and note the batch in ``report``."""
+    live = [(i, s) for i, s in enumerate(slots) if s is not None]
+    lams = [s.lam for _, s in live]
 
     def job():
         rows_a = engine.local_rows(analysis)  # blocks until the batch is computed
@@ -187,48 +233,59 @@ def _write_job(ctx, store, lams, states, analysis, t0, report, progress):
         report["last_done"] = t_done
         rows_s = engine.local_rows(states._replace(params=(), opt_state=(), best_params=()))
         executed = int(max(int(rows_a[i].eig.num_matvecs) for i in rows_a)) if rows_a else 0
-        seconds = (t_done - t_start) / len(lams)
-        for i, lam in enumerate(lams):
+        seconds = (t_done - t_start) / len(live)
+        for i, slot in live:
             if i not in rows_a:
                 continue  # another process holds this λ and writes it
-            rec = write_lambda(ctx, store, lam, rows_a[i], rows_s[i], seconds, executed)
-            report["finished"].append(lam)
+            rec = write_lambda(ctx, store, slot.lam, rows_a[i], rows_s[i], seconds, executed, slot.neighbour)
+            report["finished"].append(slot.lam)
             if rec["diverged"]:
-                report["diverged"].append(lam)
+                report["diverged"].append(slot.lam)
         with results.run_lock(ctx.out, ctx.run_id):
             results.write_model_csv(ctx.out, ctx.run_id)
             if _coordinator():
                 _write_manifest(ctx)
-        report["batches"].append({"lambdas": list(lams), "compute_s": t_done - t_start,
+        report["batches"].append({"lambdas": lams, "compute_s": t_done - t_start,
                                   "write_s": time.perf_counter() - t_done,
-                                  "own_matvecs": [int(rows_a[i].eig.num_matvecs) for i in sorted(rows_a)
-                                                  if i < len(lams)],
+                                  "own_matvecs": [int(rows_a[i].eig.num_matvecs) for i, _ in live if i in rows_a],
+                                  "warm": [bool(rows_a[i].eig.warm) for i, _ in live if i in rows_a],
                                   "batch_matvecs": executed})
-        progress.done(len(lams), f"λ {results.lambda_label(lams[0])}…{results.lambda_label(lams[-1])} done "
+        progress.done(len(live), f"λ {results.lambda_label(lams[0])}…{results.lambda_label(lams[-1])} done "
                                  f"({seconds:.1f} s per λ)")
 
     return job
 
 
-def _run_batches(ctx, compute, store, todo, writer, progress, report, start) -> None:
-    """Every batch of ``todo``: dispatch it, hand it to the writer, go on with the next."""
-    size = compute.global_batch
-    batches = [todo[i: i + size] for i in range(0, len(todo), size)]
-    for lams in batches:
+def _run_batches(ctx, compute, store, batches, writer, progress, report, start) -> None:
+    """Every batch of ``batches`` (lists of :class:`hessjax.sweep.plan.Slot`): dispatch it, hand it
+    to the writer, go on with the next; a batch continues from the one before on the devices."""
+    previous = None
+    for slots in batches:
         t0 = time.perf_counter()
         b = len(report["blocked"]) + 1  # batches dispatched so far, this one included
+        n = sum(s is not None for s in slots)
 
-        def on_epoch(epoch, states, b=b, n=len(lams)):
+        def on_epoch(epoch, states, b=b, n=n):
             if not ctx.config.quiet:
                 loss = engine.gather(states.loss)[:n]
                 running = int((~engine.gather(states.stopped)[:n]).sum())
                 progress.epoch(b, epoch, float(np.nanmean(loss)), running)
 
-        states, analysis = compute.batch(lams, ctx.seed, start, on_epoch)
+        states, analysis = compute.batch(slots, ctx.seed, start, previous, store, on_epoch)
+        previous = (analysis.eig.eigenvectors, compute.programs.healthy(states, analysis))
         for leaf in _leaves(analysis):  # start the device-to-host copies now
             leaf.copy_to_host_async()
-        blocked = writer.submit(_write_job(ctx, store, lams, states, analysis, t0, report, progress))
-        report["blocked"].append({"lambdas": list(lams), "blocked_s": blocked, "wall_s": time.perf_counter() - t0})
+        blocked = writer.submit(_write_job(ctx, store, slots, states, analysis, t0, report, progress))
+        report["blocked"].append({"lambdas": [s.lam for s in slots if s is not None], "blocked_s": blocked,
+                                  "wall_s": time.perf_counter() - t0})
+
+
+def schedule(ctx, compute, todo, part=None):
+    """The batches of ``todo``: continuation along segments of ``part`` (or ``--cold-start``)."""
+    records = results.finished_lambdas(ctx.out, ctx.run_id)
+    usable = {lam for lam, rec in records.items() if not rec.get("diverged")}
+    return plan.walk_segments(sorted(part if part is not None else todo), todo, compute.global_batch, usable,
+                              cold=ctx.config.cold_start)
 
 
 def _leaves(tree):
@@ -273,20 +330,24 @@ def _refine(ctx, compute, store, writer, progress, report, start) -> list[float]
         with results.run_lock(ctx.out, ctx.run_id):
             store.ensure_lambdas(new)
         progress.add(len(new))
-        _run_batches(ctx, compute, store, new, writer, progress, report, start)
+        _run_batches(ctx, compute, store, plan.cold_batches(new, compute.global_batch), writer, progress, report,
+                     start)
         added.extend(new)
     return added
 
 
-def execute_run(ctx, compute, todo: list[float], all_lams) -> dict:
-    """One run id: open it, run ``todo`` (then the refinement rounds), and report what happened."""
+def execute_run(ctx, compute, todo: list[float], all_lams, part: list[float] | None = None) -> dict:
+    """One run id: open it, run ``todo`` (then the refinement rounds), and report what happened.
+
+    ``part`` is this worker's whole share of the grid (default ``todo``): its segments decide which
+    λ continues from which (:func:`hessjax.sweep.plan.walk_segments`)."""
     store = open_run(ctx, all_lams)
     progress = _Progress(len(todo), ctx.config.quiet)
     report = {"finished": [], "diverged": [], "batches": [], "blocked": []}
     writer = BatchWriter(overlap=ctx.config.overlap_writes)
     start = compute.start(ctx.seed)
     try:
-        _run_batches(ctx, compute, store, todo, writer, progress, report, start)
+        _run_batches(ctx, compute, store, schedule(ctx, compute, todo, part), writer, progress, report, start)
         refined = _refine(ctx, compute, store, writer, progress, report, start) if ctx.config.refine else []
         writer.drain()
     finally:

@@ -7,6 +7,7 @@ import dataclasses
 import os
 import re
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -14,7 +15,8 @@ from .. import results
 from ..anchors import default_anchor_path
 from ..results import UsageError
 
-__all__ = ["Inputs", "default_lambda_batch", "load_inputs", "parse_seeds", "parse_shard", "print_plan", "shard_part"]
+__all__ = ["Inputs", "Slot", "cold_batches", "default_lambda_batch", "load_inputs", "parse_seeds", "parse_shard",
+           "print_plan", "segments", "shard_part", "walk_segments"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,6 +89,61 @@ def shard_part(lams, shard: tuple[int, int] | None) -> list[float]:
     index, total = shard
     n = len(ordered)
     return ordered[index * n // total: (index + 1) * n // total]
+
+
+class Slot(NamedTuple):
+    """One member of a λ batch and where its eigensolve starts."""
+
+    lam: float
+    source: str  # "cold" (λ's random vector), "previous" (this member's result in the batch before), "store"
+    neighbour: float | None  # the λ whose eigenvectors start this one's Lanczos (None: cold)
+
+
+def segments(part: list[float], size: int) -> list[list[float]]:
+    """``part`` (ascending) cut into ``size`` contiguous runs of near-equal length; member ``i`` of
+    every batch walks run ``i``."""
+    n = len(part)
+    return [part[i * n // size: (i + 1) * n // size] for i in range(size)]
+
+
+def walk_segments(part: list[float], todo, size: int, usable, cold: bool = False) -> list[list[Slot | None]]:
+    """The batches of a sweep with continuation: member ``i`` walks segment ``i`` of ``part``
+    (:func:`segments`), one λ per batch, and each λ starts from the eigenvectors of its predecessor
+    in its segment — computed by the same member in the batch before (``"previous"``) or finished
+    earlier and read from the store (``"previous"`` is impossible after a resume; ``usable`` holds
+    the finished, non-diverged λ). The first λ of a segment, and every λ with ``cold``, starts cold.
+
+    Which λ starts from which depends only on ``part`` and ``size``, never on what was finished
+    before: a resumed sweep starts every λ from the same vectors as an uninterrupted one (the store
+    holds them bit for bit). ``None`` marks a member with nothing left to do in that batch.
+    """
+    runs = segments(part, size)
+    wanted = set(todo)
+    queues = [[v for v in run if v in wanted] for run in runs]
+    before = {run[j]: run[j - 1] for run in runs for j in range(1, len(run))}
+    batches = []
+    for t in range(max((len(q) for q in queues), default=0)):
+        batch: list[Slot | None] = []
+        for q in queues:
+            if t >= len(q):
+                batch.append(None)
+                continue
+            lam, neighbour = q[t], before.get(q[t])
+            if cold or neighbour is None:
+                batch.append(Slot(lam, "cold", None))
+            elif t > 0 and q[t - 1] == neighbour:
+                batch.append(Slot(lam, "previous", neighbour))
+            elif neighbour in usable:
+                batch.append(Slot(lam, "store", neighbour))
+            else:  # the neighbour diverged, or is not finished (another worker's, or lost)
+                batch.append(Slot(lam, "cold", None))
+        batches.append(batch)
+    return batches
+
+
+def cold_batches(lams: list[float], size: int) -> list[list[Slot]]:
+    """Batches of ``size`` consecutive λ, every one started cold (the refinement rounds' λ)."""
+    return [[Slot(v, "cold", None) for v in lams[i: i + size]] for i in range(0, len(lams), size)]
 
 
 def default_lambda_batch(platform_name: str) -> int:
