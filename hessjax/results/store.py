@@ -239,8 +239,12 @@ class SweepStore:
 
     def eigenvectors(self, lam: float) -> np.ndarray:
         """``[k, P]`` float32: the eigenvectors of λ (row j = eigenvector j+1; NaN where none were written)."""
+        return self.row("eigenvectors", lam)
+
+    def row(self, name: str, lam: float) -> np.ndarray:
+        """λ's row of the array ``name`` (e.g. ``"weights"``, ``"gradient"``, ``"eigenvectors"``), as stored."""
         group = self._group("r")
-        return np.asarray(group["eigenvectors"][self.index(lam, _lambdas=group["lambda"][:])])
+        return np.asarray(group[name][self.index(lam, _lambdas=group["lambda"][:])])
 
     def done(self) -> np.ndarray:
         """``[n]`` bool in storage order."""

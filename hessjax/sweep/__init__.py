@@ -72,7 +72,8 @@ def run(config: SweepConfig | None = None, **overrides) -> dict:
         if config.dry_run:
             usable = {v for v, rec in finished.items() if not rec.get("diverged")}
             batches = [[s.lam for s in b if s is not None]
-                       for b in plan.walk_segments(part, todo, global_batch, usable, cold=config.cold_start)]
+                       for b in plan.walk_segments(part, todo, global_batch, usable, config.segment_length,
+                                                    cold=config.cold_start)]
             plan.print_plan(config, inputs, run_id, todo, batches, devices, per_device)
             return {"out": str(inputs.out), "run_id": run_id, "finished": [], "skipped": sorted(finished),
                     "diverged": [], "store": str(results.store_path(inputs.out, run_id)), "dry_run": True}

@@ -50,6 +50,7 @@ class SweepConfig:
     max_restarts: int = DEFAULT_MAX_RESTARTS
     multiplicity_check: bool = True
     cold_start: bool = False  # every λ's Lanczos from its own random vector (no continuation)
+    segment_length: int = 16  # λ per continuation segment; each segment's first λ starts cold
     dtype: str = "float32"
     precision: str = "highest"
     # optional spectral extras
@@ -187,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start every λ's Lanczos from its own random vector; by default each λ continues from the "
                         "eigenvectors of its finished neighbour in the grid (falling back to a cold start when that "
                         "does not converge within 3 restarts)")
+    g.add_argument("--segment-length", type=_positive_int, default=d.segment_length,
+                   help="λ per continuation segment (consecutive λ of this worker's part; each segment's first λ "
+                        "starts cold, the others from their predecessor; a batch's members walk different segments)")
     g.add_argument("--dtype", choices=("float32", "float64"), default=d.dtype)
     g.add_argument("--precision", choices=("highest", "high", "default"), default=d.precision,
                    help="matmul precision of every forward pass, HVP and reorthogonalisation")

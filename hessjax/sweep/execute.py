@@ -285,7 +285,7 @@ def schedule(ctx, compute, todo, part=None):
     records = results.finished_lambdas(ctx.out, ctx.run_id)
     usable = {lam for lam, rec in records.items() if not rec.get("diverged")}
     return plan.walk_segments(sorted(part if part is not None else todo), todo, compute.global_batch, usable,
-                              cold=ctx.config.cold_start)
+                              ctx.config.segment_length, cold=ctx.config.cold_start)
 
 
 def _leaves(tree):

@@ -99,28 +99,31 @@ class Slot(NamedTuple):
     neighbour: float | None  # the λ whose eigenvectors start this one's Lanczos (None: cold)
 
 
-def segments(part: list[float], size: int) -> list[list[float]]:
-    """``part`` (ascending) cut into ``size`` contiguous runs of near-equal length; member ``i`` of
-    every batch walks run ``i``."""
-    n = len(part)
-    return [part[i * n // size: (i + 1) * n // size] for i in range(size)]
+def segments(part: list[float], length: int) -> list[list[float]]:
+    """``part`` (ascending) cut into consecutive runs of ``length`` λ (the last may be shorter)."""
+    return [part[i: i + length] for i in range(0, len(part), length)]
 
 
-def walk_segments(part: list[float], todo, size: int, usable, cold: bool = False) -> list[list[Slot | None]]:
-    """The batches of a sweep with continuation: member ``i`` walks segment ``i`` of ``part``
-    (:func:`segments`), one λ per batch, and each λ starts from the eigenvectors of its predecessor
-    in its segment — computed by the same member in the batch before (``"previous"``) or finished
-    earlier and read from the store (``"previous"`` is impossible after a resume; ``usable`` holds
-    the finished, non-diverged λ). The first λ of a segment, and every λ with ``cold``, starts cold.
+def walk_segments(part: list[float], todo, size: int, usable, length: int,
+                  cold: bool = False) -> list[list[Slot | None]]:
+    """The batches of a sweep with continuation across λ.
 
-    Which λ starts from which depends only on ``part`` and ``size``, never on what was finished
-    before: a resumed sweep starts every λ from the same vectors as an uninterrupted one (the store
-    holds them bit for bit). ``None`` marks a member with nothing left to do in that batch.
+    ``part`` (this worker's λ) is cut into segments of ``length`` consecutive λ (:func:`segments`);
+    member ``i`` of every batch walks segments ``i, i + size, i + 2·size, …`` one λ per batch, and
+    each λ starts from the eigenvectors of its predecessor in its segment: computed by the same
+    member in the batch before (``"previous"``), or finished earlier and read from the store
+    (``"store"``; ``usable`` holds the finished, non-diverged λ). A segment's first λ, a λ whose
+    predecessor diverged, and every λ with ``cold`` start from their own random vector.
+
+    Which λ starts from which depends only on ``part`` and ``length`` — not on the batch size, the
+    devices, or what was finished before — so a resumed sweep starts every λ from the same vectors
+    as an uninterrupted one (the store holds them bit for bit). ``None`` marks a member with nothing
+    left to do in that batch.
     """
-    runs = segments(part, size)
+    runs = segments(part, length)
     wanted = set(todo)
-    queues = [[v for v in run if v in wanted] for run in runs]
     before = {run[j]: run[j - 1] for run in runs for j in range(1, len(run))}
+    queues = [[v for run in runs[i::size] for v in run if v in wanted] for i in range(size)]
     batches = []
     for t in range(max((len(q) for q in queues), default=0)):
         batch: list[Slot | None] = []
@@ -135,7 +138,7 @@ def walk_segments(part: list[float], todo, size: int, usable, cold: bool = False
                 batch.append(Slot(lam, "previous", neighbour))
             elif neighbour in usable:
                 batch.append(Slot(lam, "store", neighbour))
-            else:  # the neighbour diverged, or is not finished (another worker's, or lost)
+            else:  # the neighbour diverged, or is not finished (lost with a killed worker)
                 batch.append(Slot(lam, "cold", None))
         batches.append(batch)
     return batches
