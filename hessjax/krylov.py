@@ -26,7 +26,7 @@ __all__ = ["CHECK_EVERY", "LOCAL_ROWS", "LanczosDecomp", "check_num_iters", "che
 _BREAKDOWN_RATIO = 0.5  # the second Gram–Schmidt pass may remove at most this fraction of ‖w‖
 _DGKS_RATIO = 1 / math.sqrt(2)  # a second pass when the first left less than this fraction
 CHECK_EVERY = 2  # columns between convergence checks inside a pass
-LOCAL_ROWS = 10  # rows q_{j-b} … q_j of the local step: blocks of up to 9 rows (1 + 8 locking passes)
+LOCAL_ROWS = 10  # rows q_{j-b} … q_j the local step can see: blocks of start vectors of up to 9 rows
 
 
 class LanczosDecomp(NamedTuple):

@@ -42,20 +42,34 @@ another instead of returning unconverged pairs. Until convergence the iteration 
 ``k_keep`` Ritz vectors (and their products ``A Y``), puts the residual block after them (their
 arrow coupling ``B S`` goes into ``T``) and extends the basis again. No coupling is ever dropped.
 
-**Multiplicities.** A single-vector Krylov space holds one vector per eigenspace, so a second copy
-of a degenerate eigenvalue is not found from ``v0`` in exact arithmetic (rounding may reveal it,
-slowly and unreliably). Once the top ``k`` have converged a *locking pass* keeps the top Ritz
-vectors and the residual block and adds a fresh random vector orthogonal to all of them (the block
-grows by one; the relation stays exact). The pass gives each of its ``b`` start rows
-``max((m − k)//4, 12)`` columns (at least ``m − k_keep``, at most ``m − k`` in all; 45 for
-``k = 30, m = 120``) and runs to ``m`` without early exit. If the top ``k`` Ritz values of that
-pass rise above the locked ones (by more than ``tol·|θ_1|``), a missed copy was found and
-iteration goes on until convergence and another locking pass; the solver stops when a locking
-pass finds nothing new. At most ``min(k, 8, P − m − 1)`` locking passes are made; none when
-``m ≥ P − 1`` (with ``m = P`` the basis is the whole space anyway). A copy is found when the
-short Krylov space of the random vector lifts its Ritz value above ``θ_k``: reliable for a copy
-that stands clear of the rest of the spectrum (the tests hide such copies from ``v0`` exactly),
-not for one inside a dense cluster.
+**Completeness: the probe.** A Krylov space can miss an eigenvalue of the top ``k``: a single
+start vector holds one vector per eigenspace, so a second copy of a degenerate eigenvalue is not
+found in exact arithmetic, and a *warm* start (below) lies almost inside the old top-``k``
+subspace, so an eigenvalue that has risen into the top ``k`` since is nearly invisible to it. Once
+the top ``k`` have converged a *probe* keeps only them (``Y``, with their stored products) and runs
+``max((m − k)//4, 12)`` Lanczos columns (22 for ``k = 30, m = 120``) from a fresh random vector
+orthogonal to ``Y``: with full reorthogonalisation that is Lanczos on the deflated operator
+``(I − YYᵀ) A (I − YYᵀ)``, and ``T`` is the exact projection of ``A`` on ``span(Y, probe)``, so its
+Ritz values are lower bounds of the eigenvalues (Cauchy interlacing). If its top ``k`` rise above
+the converged ones by more than ``tol·s``, an eigenvalue above ``θ_k`` outside ``span(Y)`` is
+proven: the iteration goes on from that basis (a thick restart; the dropped coupling of ``Y`` is
+within the tolerance, and the certificate decides) until convergence and another probe; the solver
+stops when a probe finds nothing new (at most ``min(k, 8)`` probes; none when ``m ≥ P − 1``).
+What it certifies: a random vector's Krylov space of degree ``max((m − k)//4, 12)`` in the
+complement of the returned vectors holds no Ritz value above ``θ_k + tol·s`` — the same degree the
+random row of the former locking pass had (it shared its 45 columns with the residual row), at
+half the products. A missed eigenvalue that stands clear of the rest of the complement's spectrum
+is found (the tests hide copies and newcomers from the Krylov space exactly); one inside a dense
+cluster just below ``θ_k`` may take more than one probe, as with any short random Krylov probe.
+
+**Warm starts.** With ``warm_start`` (e.g. the eigenvectors of a neighbouring λ) the first pass
+starts from their sum — a vector almost inside the new top-``k`` subspace when the operator has
+barely changed — and checks its estimates from its ``k + 2``-th column on instead of ``k_keep``,
+so a good start ends the pass early. Everything after is the cold solver's: certificate, thick
+restarts, probe. A warm start that has not converged after ``min(3, max_restarts)`` restarts is
+abandoned and the solve begins again from ``v0`` with its whole budget (the products of both are
+counted; ``EigResult.warm`` says which start the result came from); warm vectors that are not finite
+(a diverged neighbour) mean a cold start at once.
 
 **Convergence scale.** A pair has converged when ``‖A v − θ v‖ ≤ tol·s`` with
 ``s = max(|θ_1|, |θ_min|)``, the spectral norm of the projected matrix (``θ_min`` its lowest Ritz
@@ -71,8 +85,8 @@ entry is positive. Their residuals ``‖A v − θ v‖`` are computed from the 
 (``A v = Sᵀ (A Q)`` by linearity: the operator's own outputs, not the recurrence), so they cost no
 matvec and do catch a loss of orthogonality or a corrupted recurrence; ``converged`` is the same
 test that ended the iteration. Everything (the restart
-loop, each Lanczos pass, the breakdown, exit and locking logic) runs inside ``lax.while_loop``
-over preallocated arrays ``[m + b_max, P]``; there is no host round trip.
+loop, each Lanczos pass, the breakdown, exit, probe and fallback logic) runs inside
+``lax.while_loop`` over preallocated arrays ``[m + 1, P]``; there is no host round trip.
 
 **Batches.** The solver is written for a batch of ``B`` independent operators
 (:func:`top_k_eigenpairs_batched`; :func:`top_k_eigenpairs` is its batch of one). Every loop
@@ -93,7 +107,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from .krylov import (CHECK_EVERY, LOCAL_ROWS, LanczosDecomp, check_num_iters, check_start, coupling,
+from .krylov import (CHECK_EVERY, LanczosDecomp, check_num_iters, check_start, coupling,
                      default_num_iters, first_pass, lanczos_tridiag, needs_second, random_orthogonal, ritz,
                      second_pass, start_vector)
 from .operators import apply_operator, as_int, check_operator
@@ -103,7 +117,7 @@ Array = jax.Array
 __all__ = ["DEFAULT_MAX_RESTARTS", "EigResult", "LanczosDecomp", "default_num_iters", "lanczos_tridiag",
            "top_k_eigenpairs", "top_k_eigenpairs_batched"]
 
-#: Restarts allowed after the first Lanczos pass (locking passes included).
+#: Restarts allowed after the first Lanczos pass (probes included).
 DEFAULT_MAX_RESTARTS = 30
 
 _MAX_PROBES = 8  # completeness probes at most (each one that finds something is followed by another)
@@ -385,7 +399,7 @@ class _Solver:
         """One member: keep the top ``keep ≤ k_keep`` Ritz vectors and their products, then the
         residual row with its arrow coupling ``B S`` (``coupled``; a probe puts a fresh row there
         instead). ``keep = 0`` is a start."""
-        sz, dim, dtype = self.sz, st.basis.shape[1], st.basis.dtype
+        sz, dtype = self.sz, st.basis.dtype
         cols = (jnp.arange(sz.k_keep) < keep).astype(dtype)
         s = st.ritz[:, :sz.k_keep] * cols
         y = self.mm(self.pad(s).T, st.basis)  # [k_keep, P], rows ≥ keep zero

@@ -151,3 +151,30 @@ def test_a_warm_start_that_does_not_converge_in_its_budget_falls_back_to_cold():
     assert int(res.num_matvecs) > int(cold.num_matvecs)  # every product counted, the failed warm ones included
     np.testing.assert_allclose(np.asarray(res.eigenvalues)[np.asarray(res.converged)],
                                spectrum[:6][np.asarray(res.converged)], atol=1e-9)
+
+
+# -- the sweep's schedule ----------------------------------------------------------------------------
+
+
+def test_segments_are_walked_one_per_member_and_each_lambda_starts_from_its_predecessor():
+    from hessjax.sweep.plan import Slot, walk_segments
+
+    part = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6]
+    batches = walk_segments(part, part, 2, set(), 3)  # segments [0, .1, .2] [.3, .4, .5] [.6]
+    assert batches == [
+        [Slot(0.0, "cold", None), Slot(0.3, "cold", None)],
+        [Slot(0.1, "previous", 0.0), Slot(0.4, "previous", 0.3)],
+        [Slot(0.2, "previous", 0.1), Slot(0.5, "previous", 0.4)],
+        [Slot(0.6, "cold", None), None],  # member 0 goes on with segment 3; member 1 has nothing left
+    ]
+    # the batch size changes the order, never a λ's predecessor
+    single = [s for b in walk_segments(part, part, 1, set(), 3) for s in b]
+    assert {s.lam: s.neighbour for s in single} == {s.lam: s.neighbour for b in batches for s in b if s}
+    # resumed after 0.0, 0.1 and 0.3 were finished: the predecessors come from the store
+    todo = [0.2, 0.4, 0.5, 0.6]
+    resumed = walk_segments(part, todo, 2, {0.0, 0.1, 0.3}, 3)
+    assert resumed == [[Slot(0.2, "store", 0.1), Slot(0.4, "store", 0.3)],
+                       [Slot(0.6, "cold", None), Slot(0.5, "previous", 0.4)]]
+    # a diverged (unusable) predecessor, and --cold-start
+    assert walk_segments(part, [0.2], 1, {0.0}, 3) == [[Slot(0.2, "cold", None)]]
+    assert all(s is None or s.source == "cold" for b in walk_segments(part, part, 2, set(), 3, cold=True) for s in b)

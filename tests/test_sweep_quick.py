@@ -86,3 +86,24 @@ def test_unconverged_pairs_are_flagged_everywhere_and_named_in_one_warning(tmp_p
     assert (~ds["eig_converged"].values).sum(axis=1).tolist() == list(missed.values())
     model = pd.read_csv(tmp_path / "Model-default.csv")
     assert (4 - model["num_converged_eigs"]).tolist() == list(missed.values())
+
+
+def test_two_members_walk_their_segments_warm_and_agree_with_cold_starts(tmp_path):
+    """``--lambda-batch 2 --segment-length 2`` over 4 λ: each member walks one segment, the second λ of
+    each starts from the first's eigenvectors (``warm_from``), and the spectra equal ``--cold-start``'s
+    to the solver's tolerance; the records count every product."""
+    lams = "0.01,0.02,0.03,0.04"
+    warm = sweep.run(lambdas=lams, out=str(tmp_path / "warm"), lambda_batch=2, segment_length=2, **TINY)
+    cold = sweep.run(lambdas=lams, out=str(tmp_path / "cold"), lambda_batch=2, segment_length=2, cold_start=True,
+                     **TINY)
+    assert [b["lambdas"] for b in warm["batches"]] == [[0.01, 0.03], [0.02, 0.04]]
+    for summary, run in ((warm, "warm"), (cold, "cold")):
+        assert summary["unconverged"] == {}, run
+    for label, neighbour in (("0.01", None), ("0.02", 0.01), ("0.03", None), ("0.04", 0.03)):
+        w = json.loads((tmp_path / "warm" / "records" / f"default-{label}.json").read_text())
+        c = json.loads((tmp_path / "cold" / "records" / f"default-{label}.json").read_text())
+        assert w["extra"]["warm_from"] == neighbour and c["extra"]["warm_from"] is None
+        assert w["extra"]["lanczos_matvecs"] > 0 and w["extra"]["batch_matvecs"] >= w["extra"]["lanczos_matvecs"]
+        mu_w, mu_c = np.asarray(w["data_eigenvalues"]), np.asarray(c["data_eigenvalues"])
+        assert np.max(np.abs(mu_w - mu_c)) <= 2e-5 * abs(mu_c[0]), label  # both within tol = 1e-5·|μ₁| of the truth
+        np.testing.assert_array_equal(w["distance_to_anchor"], c["distance_to_anchor"])  # training is untouched

@@ -205,8 +205,9 @@ def print_plan(config, inputs: Inputs, run_id: str, todo, batches, devices, per_
     flops_fwd = 2 * sum(a * b for a, b in zip(anchor.sizes[:-1], anchor.sizes[1:]))  # per sample
     epochs = min(config.max_epochs, 40)  # a typical plateau; the cap bounds it
     train_flops = epochs * n_train * flops_fwd * 4  # forward + backward per step, and the epoch's L_eff
-    # first pass (often stops early; here counted whole) and locking pass; residuals cost no products
-    hvps = m + ((m - k + 1) // 2 if config.multiplicity_check else 0)
+    # a cold first pass (often stops early; here counted whole) and the completeness probe; residuals cost
+    # no products; a warm start usually needs fewer
+    hvps = m + (min(max((m - k) // 4, 12), m - k) if config.multiplicity_check else 0)
     lanczos_flops = hvps * (2.6 * n_hess * flops_fwd + 4 * (m + 9) * P)  # R-operator + Gram–Schmidt
     # rough sustained rates on a 2-core CPU (a 60,000-sample epoch takes ~1 s; the HVP rate is in
     # benchmarks/RESULTS.md); an accelerator's are a guess, not a measurement
@@ -227,6 +228,9 @@ def print_plan(config, inputs: Inputs, run_id: str, todo, batches, devices, per_
         f"patience {config.patience}, min-delta {config.min_delta}, init {config.init}",
         f"spectrum      top {k} of the data Hessian (θ = μ + 2λ written in float64), Krylov basis {m}, "
         f"tol {config.tol}·|μ₁|, {config.dtype}, precision {config.precision}",
+        "continuation  " + ("off (--cold-start): every λ from its own random vector" if config.cold_start else
+                            f"segments of {config.segment_length} consecutive λ; each λ from its predecessor's "
+                            "eigenvectors, a segment's first λ cold"),
         f"estimate      ~{per_lambda:.0f} s per λ (assuming ~{epochs} epochs), ~{per_lambda * len(todo) / 3600:.1f} h "
         f"for the {len(todo)} to run" + (f", for each of {len(inputs.seeds)} seeds" if len(inputs.seeds) > 1 else ""),
         f"disk          ~{bytes_per_lambda * len(todo) / 1e9:.2f} GB of per-λ files "
