@@ -167,9 +167,12 @@ def test_segments_are_walked_one_per_member_and_each_lambda_starts_from_its_pred
         [Slot(0.2, "previous", 0.1), Slot(0.5, "previous", 0.4)],
         [Slot(0.6, "cold", None), None],  # member 0 goes on with segment 3; member 1 has nothing left
     ]
-    # the batch size changes the order, never a λ's predecessor
+    # a batch of 1 walks the same segments one after another: the same predecessors
     single = [s for b in walk_segments(part, part, 1, set(), 3) for s in b]
     assert {s.lam: s.neighbour for s in single} == {s.lam: s.neighbour for b in batches for s in b if s}
+    # segments shrink so that every member of a big batch has one: 7 λ on 4 members, segments of 2
+    assert [[s.lam if s else None for s in b] for b in walk_segments(part, part, 4, set(), 16)] == [
+        [0.0, 0.2, 0.4, 0.6], [0.1, 0.3, 0.5, None]]
     # resumed after 0.0, 0.1 and 0.3 were finished: the predecessors come from the store
     todo = [0.2, 0.4, 0.5, 0.6]
     resumed = walk_segments(part, todo, 2, {0.0, 0.1, 0.3}, 3)

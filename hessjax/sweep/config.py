@@ -190,7 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "does not converge within 3 restarts)")
     g.add_argument("--segment-length", type=_positive_int, default=d.segment_length,
                    help="λ per continuation segment (consecutive λ of this worker's part; each segment's first λ "
-                        "starts cold, the others from their predecessor; a batch's members walk different segments)")
+                        "starts cold, the others from their predecessor; a batch's members walk different segments, "
+                        "so segments are shortened to ⌈part / batch⌉ λ where that is less)")
     g.add_argument("--dtype", choices=("float32", "float64"), default=d.dtype)
     g.add_argument("--precision", choices=("highest", "high", "default"), default=d.precision,
                    help="matmul precision of every forward pass, HVP and reorthogonalisation")

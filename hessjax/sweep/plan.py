@@ -108,19 +108,20 @@ def walk_segments(part: list[float], todo, size: int, usable, length: int,
                   cold: bool = False) -> list[list[Slot | None]]:
     """The batches of a sweep with continuation across λ.
 
-    ``part`` (this worker's λ) is cut into segments of ``length`` consecutive λ (:func:`segments`);
+    ``part`` (this worker's λ) is cut into segments of ``length`` consecutive λ (:func:`segments`),
+    shortened to ``⌈len(part) / size⌉`` where that is less, so that every member of a batch has a
+    segment to walk (a short grid on many devices runs in parallel, cold, rather than one λ per batch);
     member ``i`` of every batch walks segments ``i, i + size, i + 2·size, …`` one λ per batch, and
     each λ starts from the eigenvectors of its predecessor in its segment: computed by the same
     member in the batch before (``"previous"``), or finished earlier and read from the store
     (``"store"``; ``usable`` holds the finished, non-diverged λ). A segment's first λ, a λ whose
     predecessor diverged, and every λ with ``cold`` start from their own random vector.
 
-    Which λ starts from which depends only on ``part`` and ``length`` — not on the batch size, the
-    devices, or what was finished before — so a resumed sweep starts every λ from the same vectors
-    as an uninterrupted one (the store holds them bit for bit). ``None`` marks a member with nothing
-    left to do in that batch.
+    Which λ starts from which depends only on ``part``, ``length`` and ``size`` — not on what was
+    finished before — so a resumed sweep starts every λ from the same vectors as an uninterrupted one
+    (the store holds them bit for bit). ``None`` marks a member with nothing left to do in that batch.
     """
-    runs = segments(part, length)
+    runs = segments(part, max(1, min(length, -(-len(part) // size))))
     wanted = set(todo)
     before = {run[j]: run[j - 1] for run in runs for j in range(1, len(run))}
     queues = [[v for run in runs[i::size] for v in run if v in wanted] for i in range(size)]
