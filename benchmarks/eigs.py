@@ -13,7 +13,7 @@ The operator is ``∇²L_eff`` of the 784-128-128-10 MLP at the shipped anchor (
                        ``top_k_eigenpairs`` (default settings: m = max(2k+20, 4k), tol 1e-5,
                        30 restarts, the multiplicity check on) over ``linearized_flat_hessian_matvec``;
 * ``hessjax_nomc``   — the same with ``multiplicity_check=False`` (``--no-multiplicity-check``): no
-                       locking pass, the guarantee ARPACK gives;
+                       completeness probe, the guarantee ARPACK gives;
 * ``hessjax_fwdrev`` — the same solver over ``flat_hessian_matvec`` (forward-over-reverse per step);
 * ``scipy_default``  — ``hessjax.bridges.top_k_eigsh`` (``eigsh(which='LA', tol=0)``) over
                        ``TorchHVP.numpy_matvec``, as ``hessjax.bridges.torch_pipeline`` runs it, with

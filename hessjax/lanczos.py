@@ -134,7 +134,7 @@ class EigResult(NamedTuple):
     residuals: Array  # [k] true ‖A v_i − θ_i v_i‖, A v_i from the operator's stored products
     converged: Array  # [k] bool, residuals ≤ tol·scale
     num_matvecs: Array  # [] int32, operator applications
-    num_restarts: Array  # [] int32, restarts after the first pass (locking passes included)
+    num_restarts: Array  # [] int32, restarts after the first pass (probes and a cold fallback included)
     scale: Array  # [] the convergence scale max(|θ_1|, |θ_min|) of the basis (θ_min its lowest Ritz value)
     warm: Array  # [] bool, the result comes from the warm start (False: cold start, or the warm one fell back)
 

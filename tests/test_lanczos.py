@@ -127,11 +127,13 @@ def test_prescribed_spectrum_with_multiplicities():
     assert res.num_matvecs.dtype == jnp.int32 and res.num_restarts.dtype == jnp.int32
 
 
-def test_locking_pass_finds_copies_hidden_from_the_krylov_space():
+def test_the_probe_finds_copies_hidden_from_the_krylov_space():
     """``v0`` has exactly no component along the second copy of 9 nor along two copies of 7.5.
 
     For a diagonal operator the Krylov space of ``v0`` then never sees them, even through rounding:
-    only the fresh random vectors of the locking passes can. Same key → bitwise the same result.
+    only the fresh random vectors of the completeness probes can (a probe's vector holds one direction
+    of each eigenspace, so the two hidden copies of 7.5 take two probes). Same key → bitwise the same
+    result.
     """
     spectrum = np.concatenate([[10.0, 9.0, 9.0, 8.0, 7.5, 7.5, 7.5, 7.0],
                                np.random.default_rng(21).uniform(-5, 6.5, 92)])
@@ -147,7 +149,7 @@ def test_locking_pass_finds_copies_hidden_from_the_krylov_space():
         assert np.array_equal(np.asarray(x), np.asarray(y))
     other = _solve(v0, a, jax.random.key(8), k=8)
     np.testing.assert_allclose(np.asarray(other.eigenvalues), spectrum[:8], atol=1e-10 * 10)
-    # without the locking passes the hidden copies stay hidden: what the check is for
+    # without the probes the hidden copies stay hidden: what the check is for
     blind = top_k_eigenpairs(_dense_matvec, v0, 8, params=(a,), tol=1e-10, key=KEY, multiplicity_check=False)
     assert not np.allclose(np.asarray(blind.eigenvalues), spectrum[:8], atol=1e-6)
     assert int(blind.num_matvecs) < int(res.num_matvecs)
