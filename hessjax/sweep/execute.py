@@ -84,6 +84,9 @@ class Compute:
         self.hess = rep(chunk_data(x_train[:n_hess], data.y_train[:n_hess], config.chunk_size))
         self.anchor_params = jax.tree_util.tree_map(lambda t: np.asarray(t, dtype), inputs.anchor.params)
         self.anchor_dev = rep(self.anchor_params)
+        self._zeros = None  # [G, k, P] and [G] on the devices: "no warm vectors", made on first use
+        split = self.programs.split
+        self._take = jax.jit(lambda v, o, i: (v[i], o[i]), out_shardings=(split, split))  # rows for repeats
 
     def start(self, seed: int):
         """The replicated starting weights of every λ of seed ``seed``."""
@@ -128,19 +131,11 @@ class Compute:
         return states, analysis
 
     def _no_previous(self):
-        if getattr(self, "_zeros", None) is None:
+        if self._zeros is None:
             k, n_params, g = self.config.k, self.inputs.anchor.num_params, self.global_batch
             self._zeros = (self.programs.put_split(np.zeros((g, k, n_params), self.dtype)),
                            self.programs.put_split(np.zeros((g,), bool)))
         return self._zeros
-
-    def _take(self, vectors, ok, index):
-        import jax
-
-        if getattr(self, "_take_fn", None) is None:
-            split = self.programs.split
-            self._take_fn = jax.jit(lambda v, o, i: (v[i], o[i]), out_shardings=(split, split))
-        return self._take_fn(vectors, ok, index)
 
     def _stored(self, neighbours, store):
         """``[G, k, P]`` on the devices: each ``"store"`` member's neighbour's eigenvectors, zeros elsewhere."""
