@@ -6,8 +6,9 @@ each λ's written weights and, side by side, solves the top k of its data Hessia
 
 * **cold**: from λ's own random vector (what ``--cold-start`` does), and
 * **warm**: from the eigenvectors of its predecessor in the grid, read from the store (what the
-  sweep did; the benchmark prints how closely it reproduces the sweep's eigenvalues, which came
-  from the sweep's own batched program),
+  sweep does inside a continuation segment; at a segment's first λ the sweep itself starts cold —
+  the benchmark prints how closely it reproduces the sweep's eigenvalues, which came from the
+  sweep's own batched program),
 
 both with the completeness probe included, and prints per λ the products, the seconds of each
 solve, the largest ``|μ_warm − μ_cold| / |μ₁|``, how far the weights moved from the predecessor

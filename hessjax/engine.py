@@ -234,7 +234,10 @@ class Programs:
         def analyze_all(params, anchor, lams, keys, train, test, hess, probes, warm_previous, warm_stored, source,
                         previous_ok):
             # source per member: 0 cold, 1 the previous batch's same member, 2 vectors from the store
+            # the store keeps eigenvectors in float32: a float64 sweep rounds its device copy the same way,
+            # so a resumed λ (vectors from the store) starts exactly as an uninterrupted one
             use = (source == 2) | ((source == 1) & previous_ok)
+            warm_previous = warm_previous.astype(jnp.float32).astype(warm_previous.dtype)
             warm = jnp.where((source == 2)[:, None, None], warm_stored, warm_previous)
             return analyze_batch(params, anchor, lams, keys, train, test, hess, spec, probes=probes,
                                  precision=precision, warm_start=warm, use_warm=use)

@@ -51,10 +51,12 @@ the top ``k`` have converged a *probe* keeps only them (``Y``, with their stored
 orthogonal to ``Y``: with full reorthogonalisation that is Lanczos on the deflated operator
 ``(I − YYᵀ) A (I − YYᵀ)``, and ``T`` is the exact projection of ``A`` on ``span(Y, probe)``, so its
 Ritz values are lower bounds of the eigenvalues (Cauchy interlacing). If its top ``k`` rise above
-the converged ones by more than ``tol·s``, an eigenvalue above ``θ_k`` outside ``span(Y)`` is
+the converged ones by more than ``tol·s`` (plus ``100 ε·max|θ|`` of rounding), an eigenvalue above
+``θ_k`` outside ``span(Y)`` is
 proven: the iteration goes on from that basis (a thick restart; the dropped coupling of ``Y`` is
 within the tolerance, and the certificate decides) until convergence and another probe; the solver
-stops when a probe finds nothing new (at most ``min(k, 8)`` probes; none when ``m ≥ P − 1``).
+stops when a probe finds nothing new (at most ``min(k, 8)`` probes of at most ``m − k`` columns;
+none when ``m ≥ P − 1`` or ``max_restarts = 0``).
 What it certifies: a random vector's Krylov space of degree ``max((m − k)//4, 12)`` in the
 complement of the returned vectors holds no Ritz value above ``θ_k + tol·s`` — the same degree the
 random row of the former locking pass had (it shared its 45 columns with the residual row), at
@@ -64,12 +66,14 @@ cluster just below ``θ_k`` may take more than one probe, as with any short rand
 
 **Warm starts.** With ``warm_start`` (e.g. the eigenvectors of a neighbouring λ) the first pass
 starts from their sum — a vector almost inside the new top-``k`` subspace when the operator has
-barely changed — and checks its estimates from its ``k + 2``-th column on instead of ``k_keep``,
-so a good start ends the pass early. Everything after is the cold solver's: certificate, thick
-restarts, probe. A warm start that has not converged after ``min(3, max_restarts)`` restarts is
-abandoned and the solve begins again from ``v0`` with its whole budget (the products of both are
-counted; ``EigResult.warm`` says which start the result came from); warm vectors that are not finite
-(a diverged neighbour) mean a cold start at once.
+barely changed — and checks its estimates every ``CHECK_EVERY`` columns from column ``k + 2`` on
+instead of ``k_keep``, so a good start ends the pass early. Everything after is the cold solver's:
+certificate, thick restarts, probe. A warm start that has not converged after
+``min(3, max_restarts)`` restarts (before its first probe: once it has converged it is an ordinary
+solve) is abandoned and the solve begins again from ``v0`` with its whole budget (the products of
+both are counted; ``EigResult.warm`` says which start the result came from; with
+``max_restarts = 0`` a failed warm pass is followed by the one cold pass); warm vectors that are not
+finite (a diverged neighbour) mean a cold start at once.
 
 **Convergence scale.** A pair has converged when ``‖A v − θ v‖ ≤ tol·s`` with
 ``s = max(|θ_1|, |θ_min|)``, the spectral norm of the projected matrix (``θ_min`` its lowest Ritz
@@ -92,7 +96,7 @@ loop, each Lanczos pass, the breakdown, exit, probe and fallback logic) runs ins
 (:func:`top_k_eigenpairs_batched`; :func:`top_k_eigenpairs` is its batch of one). Every loop
 condition and branch is decided once for the batch (``any`` over members), a member that has stopped
 only stops writing (row-sized selects, never basis-sized ones), the second Gram–Schmidt pass runs
-only where a member needs it, and a random vector is drawn only when a member meets an invariant
+only where a member needs it, and a random vector is drawn only when a member starts a probe or meets an invariant
 subspace. Members run in lockstep: the batch executes its slowest member's products for every member.
 ``vmap`` of :func:`top_k_eigenpairs` also works, but evaluates every branch for every member.
 """
@@ -193,7 +197,7 @@ def top_k_eigenpairs(matvec: Callable, v0: Array, k: int, num_iters: int | None 
         default True). Each costs ``max((m − k)/4, 12)`` matvecs (22 for ``k = 30``).
       warm_start: ``[g, P]`` eigenvectors of a nearby operator (e.g. the previous λ's top k), or
         ``None``: the iteration starts from their sum and checks for convergence from its first
-        columns on; it falls back to ``v0`` if it has not converged after 3 restarts.
+        columns on; it falls back to ``v0`` if it has not converged after ``min(3, max_restarts)`` restarts.
 
     Returns:
       :class:`EigResult`. Its ``residuals`` are true residuals ``‖A v − θ v‖`` of the returned
@@ -542,7 +546,8 @@ class _Solver:
         can_probe = probes < sz.max_probes
         restarted = (st.action != _START) & (st.action != _COLD)
         tries = st.tries + restarted.astype(jnp.int32)  # restarts since the last (warm or cold) start
-        warm_failed = st.warm & ~conv & (tries >= sz.warm_restarts)
+        # the warm budget runs until the warm start first converges (its probe may still find more)
+        warm_failed = st.warm & ~conv & (tries >= sz.warm_restarts) & (st.probes == 0)
         finish = (conv & (verified | ~can_probe)) | ((tries >= self.max_restarts) & ~warm_failed)
         action = jnp.where(warm_failed, _COLD, jnp.where(conv & can_probe & ~verified, _PROBE, _THICK))
         cold = warm_failed & ~finish  # start again from the cold start vector, with the whole budget

@@ -181,3 +181,4 @@ def test_segments_are_walked_one_per_member_and_each_lambda_starts_from_its_pred
     # a diverged (unusable) predecessor, and --cold-start
     assert walk_segments(part, [0.2], 1, {0.0}, 3) == [[Slot(0.2, "cold", None)]]
     assert all(s is None or s.source == "cold" for b in walk_segments(part, part, 2, set(), 3, cold=True) for s in b)
+

@@ -110,3 +110,21 @@ def test_two_members_walk_their_segments_warm_and_agree_with_cold_starts(tmp_pat
         mu_w, mu_c = np.asarray(w["data_eigenvalues"]), np.asarray(c["data_eigenvalues"])
         assert np.max(np.abs(mu_w - mu_c)) <= 2e-5 * abs(mu_c[0]), label  # both within tol = 1e-5·|μ₁| of the truth
         np.testing.assert_array_equal(w["distance_to_anchor"], c["distance_to_anchor"])  # training is untouched
+
+
+def test_a_float64_sweep_resumed_from_the_store_equals_an_uninterrupted_one(tmp_path):
+    """The store keeps eigenvectors in float32; a resumed λ starts from that copy of its neighbour's,
+    so the uninterrupted float64 run must round its device copy the same way, or the two differ."""
+    lams, opts = "0.01,0.02,0.03", dict(TINY, dtype="float64")
+    sweep.run(lambdas=lams, out=str(tmp_path / "a"), **opts)
+    sweep.run(lambdas=lams, out=str(tmp_path / "b"), **opts)
+    for label in ("0.02", "0.03"):  # as if killed after 0.01: those two are not finished
+        (tmp_path / "b" / "records" / f"default-{label}.json").unlink()
+    resumed = sweep.run(lambdas=lams, out=str(tmp_path / "b"), **opts)
+    assert resumed["finished"] == [0.02, 0.03]
+    for label in ("0.02", "0.03"):
+        a = json.loads((tmp_path / "a" / "records" / f"default-{label}.json").read_text())
+        b = json.loads((tmp_path / "b" / "records" / f"default-{label}.json").read_text())
+        assert b["extra"]["warm_from"] == a["extra"]["warm_from"] is not None
+        assert a["data_eigenvalues"] == b["data_eigenvalues"] and a["residuals"] == b["residuals"], label
+        assert a["extra"]["lanczos_matvecs"] == b["extra"]["lanczos_matvecs"]

@@ -258,12 +258,12 @@ def _run_batches(ctx, compute, store, batches, writer, progress, report, start) 
     for slots in batches:
         t0 = time.perf_counter()
         b = len(report["blocked"]) + 1  # batches dispatched so far, this one included
-        n = sum(s is not None for s in slots)
+        live = [i for i, s in enumerate(slots) if s is not None]
 
-        def on_epoch(epoch, states, b=b, n=n):
+        def on_epoch(epoch, states, b=b, live=live):
             if not ctx.config.quiet:
-                loss = engine.gather(states.loss)[:n]
-                running = int((~engine.gather(states.stopped)[:n]).sum())
+                loss = engine.gather(states.loss)[live]
+                running = int((~engine.gather(states.stopped)[live]).sum())
                 progress.epoch(b, epoch, float(np.nanmean(loss)), running)
 
         states, analysis = compute.batch(slots, ctx.seed, start, previous, store, on_epoch)

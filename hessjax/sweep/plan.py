@@ -118,8 +118,10 @@ def walk_segments(part: list[float], todo, size: int, usable, length: int,
     predecessor diverged, and every λ with ``cold`` start from their own random vector.
 
     Which λ starts from which depends only on ``part``, ``length`` and ``size`` — not on what was
-    finished before — so a resumed sweep starts every λ from the same vectors as an uninterrupted one
-    (the store holds them bit for bit). ``None`` marks a member with nothing left to do in that batch.
+    finished before — so a resumed sweep with the same batch size starts every λ from the same vectors
+    as an uninterrupted one (the store holds them in float32, and the device copy is rounded alike).
+    A resume with another batch size or device count is still certified, but not bitwise the same.
+    ``None`` marks a member with nothing left to do in that batch.
     """
     runs = segments(part, max(1, min(length, -(-len(part) // size))))
     wanted = set(todo)
