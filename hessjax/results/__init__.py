@@ -13,7 +13,7 @@ Layout of ``OUT`` for run id ``ID`` (``L2`` = :func:`lambda_label` of λ)::
                                      eigenvalue,data_eigenvalue,residual,error_bound,converged   k rows
     Hessian-eigenvectors-ID-L2.csv   parameter,v1,...,vk           P rows   (format "csv")
     Hessian-eigenvectors-ID-L2.npy   float32 [P, k], column j = eigenvector j+1   (format "npy")
-    Model-ID-L2.pth                  trained weights (written by the caller via hessjax.bridges)
+    model_weights-ID-L2.pth          trained weights (written by the caller via hessjax.bridges)
     records/ID-L2.json               per-λ record, written LAST: its presence means "λ finished"
     Model-ID.csv                     one row per finished λ, ascending; rebuilt from the records
     manifest-ID.json                 configuration, anchor SHA-256, versions, per-λ timings

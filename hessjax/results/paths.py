@@ -21,35 +21,40 @@ __all__ = [
 ]
 
 
+def _per_lambda(out, stem: str, run_id: str, lam: float, ext: str = "csv") -> Path:
+    """``OUT/STEM-ID-L2.EXT``: the one shape of every per-λ file name."""
+    return Path(out) / f"{stem}-{run_id}-{lambda_label(lam)}.{ext}"
+
+
 def gradients_path(out, run_id: str, lam: float) -> Path:
-    return Path(out) / f"gradients-{run_id}-{lambda_label(lam)}.csv"
+    return _per_lambda(out, "gradients", run_id, lam)
 
 
 def eigenvalues_path(out, run_id: str, lam: float) -> Path:
-    return Path(out) / f"Hessian-eigenvalues-{run_id}-{lambda_label(lam)}.csv"
+    return _per_lambda(out, "Hessian-eigenvalues", run_id, lam)
 
 
 def certificates_path(out, run_id: str, lam: float) -> Path:
-    return Path(out) / f"Hessian-eigenvalue-certificates-{run_id}-{lambda_label(lam)}.csv"
+    return _per_lambda(out, "Hessian-eigenvalue-certificates", run_id, lam)
 
 
 def eigenvectors_path(out, run_id: str, lam: float, fmt: str = "csv") -> Path:
     if fmt not in ("csv", "npy"):
         raise ValueError(f"fmt={fmt!r}: expected 'csv' or 'npy'")
-    return Path(out) / f"Hessian-eigenvectors-{run_id}-{lambda_label(lam)}.{fmt}"
+    return _per_lambda(out, "Hessian-eigenvectors", run_id, lam, fmt)
 
 
 def density_path(out, run_id: str, lam: float) -> Path:
-    return Path(out) / f"Hessian-density-{run_id}-{lambda_label(lam)}.csv"
+    return _per_lambda(out, "Hessian-density", run_id, lam)
 
 
 def bottom_eigenvalues_path(out, run_id: str, lam: float) -> Path:
-    return Path(out) / f"Hessian-bottom-eigenvalues-{run_id}-{lambda_label(lam)}.csv"
+    return _per_lambda(out, "Hessian-bottom-eigenvalues", run_id, lam)
 
 
 def pth_path(out, run_id: str, lam: float) -> Path:
     """Where the caller writes the trained weights of λ (``hessjax.bridges.save_state_dict``)."""
-    return Path(out) / f"model_weights-{run_id}-{lambda_label(lam)}.pth"
+    return _per_lambda(out, "model_weights", run_id, lam, "pth")
 
 
 def model_csv_path(out, run_id: str) -> Path:
