@@ -431,8 +431,7 @@ def _events(data: SweepData, derived: Derived, values: np.ndarray | None = None)
     """Where to mark the branch plot, in rows of ``data``: ``{"crossings": [(λ, value)], "avoided":
     [(λ, value)], "discontinuities": [λ between the two]}`` (``values`` default ``data.eigenvalues``)."""
     out = {"crossings": [], "avoided": [], "discontinuities": []}
-    res = getattr(derived, "branching", None)
-    rows = getattr(derived, "branch_rows", None)
+    res, rows = derived.branching, derived.branch_rows
     if res is None or rows is None:
         return out
     lam = np.asarray(data.lambdas, np.float64)
@@ -459,17 +458,17 @@ def _events(data: SweepData, derived: Derived, values: np.ndarray | None = None)
 
 def _reordered_pairs(derived: Derived) -> int:
     """Neighbouring λ pairs across which some pair of branches crosses (see :class:`Crossing`)."""
-    res = getattr(derived, "branching", None)
+    res = derived.branching
     return 0 if res is None else len({c.interval for c in res.crossings})
 
 
 def _branch_summary(data: SweepData, derived: Derived) -> dict:
     """The branch events for ``derived.json``, with λ values (rows of ``data``)."""
-    res = getattr(derived, "branching", None)
+    res = derived.branching
     out = {"reordered_pairs": _reordered_pairs(derived), "n_new_branches": 0, "n_crossings": 0,
            "n_avoided_crossings": 0, "n_discontinuities": 0, "crossings": [], "avoided_crossings": [],
            "discontinuities": [], "new_branches": [], "intervals": []}
-    rows = getattr(derived, "branch_rows", None)
+    rows = derived.branch_rows
     if res is None or rows is None:
         return out
     lam = [float(data.lambdas[r]) for r in rows]

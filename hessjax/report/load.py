@@ -302,10 +302,7 @@ def _load_files(out: Path, run_id: str) -> SweepData:
                          if path.is_file() else math.nan)
         metrics["grad_norm"] = np.array(norms)
 
-    n_params = None
-
     def reader(i: int) -> np.ndarray | None:
-        nonlocal n_params
         npy = out / f"Hessian-eigenvectors-{run_id}-{labels[i]}.npy"
         text = out / f"Hessian-eigenvectors-{run_id}-{labels[i]}.csv"
         if npy.is_file():
@@ -316,14 +313,13 @@ def _load_files(out: Path, run_id: str) -> SweepData:
             vecs = np.loadtxt(text, delimiter=",", skiprows=1, usecols=range(1, ncol), dtype=np.float32, ndmin=2).T
         else:
             return None
-        n_params = vecs.shape[1]
         return np.ascontiguousarray(vecs, dtype=np.float32)
 
     certificates = _read_certificates(out, run_id, labels, k)
     extras = _read_bottom(out, run_id, labels)
     extras.update(_read_density(out, run_id, labels, lams))
     total = len(set(lams.tolist()) | set(on_disk))
-    return SweepData(run_id, "csv", lams, metrics, eigenvalues, total, n_params, extras, reader, **certificates)
+    return SweepData(run_id, "csv", lams, metrics, eigenvalues, total, None, extras, reader, **certificates)
 
 
 def _read_flagged_csv(path: Path) -> dict[str, np.ndarray] | None:

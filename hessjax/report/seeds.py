@@ -42,6 +42,7 @@ from .. import results
 from ..results import UsageError
 from .figures import _colormap, _figure, _lambda_rows, _log_if_positive, _marker, _positive, _Row
 from .load import SweepData, _metric, find_run_ids, load_sweep
+from .summary import _cell, save_figure
 
 SEED_ALPHA = 0.01
 SEED_METRICS = ("distance_to_anchor", "train_loss", "test_loss")
@@ -248,11 +249,6 @@ def render_seeds_report(out: str | Path, base: str, *, source: str = "auto", for
                               keep_figures=keep_figures)
 
 
-def _cell(v) -> str:
-    v = float(v)
-    return "" if math.isnan(v) else repr(v)
-
-
 def _fmt(v: float) -> str:
     return "—" if not math.isfinite(v) else f"{v:.4g}"
 
@@ -283,10 +279,7 @@ def write_seeds_report(table: SeedTable, directory: str | Path, *, formats: Sequ
     figs = {}
     for name, plot in (("seeds_mu", _plot_seeds_mu), ("seeds_metrics", _plot_seeds_metrics)):
         figs[name], _ = plot(table, st, flags)
-        for fmt in formats:
-            files.append(results.atomic_write(directory / f"{name}.{fmt}",
-                                              lambda tmp, fig=figs[name], fmt=fmt: fig.savefig(tmp, format=fmt,
-                                                                                               dpi=120)))
+        files.extend(save_figure(figs[name], directory, name, formats))
     checks = int(np.sum(st["n"] >= 3))
     meta = {
         "base": table.base, "seeds": table.seeds, "run_ids": table.run_ids, "lambdas": table.lambdas,

@@ -63,6 +63,15 @@ def _last_finite(values: np.ndarray) -> np.ndarray:
     return np.array([r[np.isfinite(r)][-1] if np.isfinite(r).any() else np.nan for r in values])
 
 
+def save_figure(fig, directory: Path, name: str, formats: Sequence[str]) -> list[Path]:
+    """``fig`` as ``directory/name.FMT`` for each format, each file written atomically."""
+    paths = []
+    for fmt in formats:
+        path = directory / f"{name}.{fmt}"
+        paths.append(results.atomic_write(path, lambda tmp, fmt=fmt: fig.savefig(tmp, format=fmt, dpi=120)))
+    return paths
+
+
 def _cell(v) -> str:
     if isinstance(v, (int, np.integer)):
         return str(int(v))
@@ -180,13 +189,9 @@ def write_report(data: SweepData, directory: str | Path, *, outlier_factor: floa
     figs, series = make_figures(data, derived)
     plots = {}
     for name, fig in figs.items():
-        written = []
-        for fmt in formats:
-            path = directory / f"{name}.{fmt}"
-            files.append(results.atomic_write(path, lambda tmp, fig=fig, fmt=fmt: fig.savefig(tmp, format=fmt,
-                                                                                              dpi=120)))
-            written.append(path.name)
-        plots[name] = {"files": written, "series": series[name],
+        paths = save_figure(fig, directory, name, formats)
+        files.extend(paths)
+        plots[name] = {"files": [p.name for p in paths], "series": series[name],
                        "lines": sum(len(ax.lines) for ax in fig.axes)}
 
     branches = _branches(data, derived)
