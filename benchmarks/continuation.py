@@ -107,7 +107,7 @@ def main(argv=None) -> int:
     from hessjax.engine import lambda_keys
 
     run_sweep(args)
-    manifest = json.loads((args.out / f"manifest-{args.id}.json").read_text())
+    manifest = results.read_manifest(args.out, args.id)
     records = results.finished_lambdas(args.out, args.id)
     store = results.SweepStore(results.store_path(args.out, args.id))
     lams = sorted(v for v in results.parse_lambdas(args.lambdas) if v in records)

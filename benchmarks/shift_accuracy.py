@@ -32,15 +32,11 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from _common import machine  # noqa: E402
 
 
-def _manifest(out: Path, run_id: str) -> dict:
-    return json.loads((out / f"manifest-{run_id}.json").read_text())
-
-
 def reference(out: Path, run_id: str, lam: float, k: int, n_samples: int, data_dir) -> dict:
     import torch
 
     from hessjax import load_mnist
-    from hessjax.bridges import TorchHVP, TorchMLP, load_anchor
+    from hessjax.bridges import TorchHVP, TorchMLP
     from hessjax.results import lambda_label, pth_path
 
     torch.set_default_dtype(torch.float64)
@@ -98,7 +94,11 @@ def main(argv=None) -> int:
     parser.add_argument("--lambdas", default="0,0.1", help="comma list of finished λ to check")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
-    manifest = _manifest(args.out, args.id)
+    from hessjax.results import read_manifest
+
+    manifest = read_manifest(args.out, args.id)
+    if manifest is None:
+        raise SystemExit(f"no manifest-{args.id}.json in {args.out}: not a finished sweep")
     config = manifest["config"]
     n = config.get("hessian_samples") or config.get("train_samples") or 60_000
     rows = []
