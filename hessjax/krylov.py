@@ -26,7 +26,7 @@ __all__ = ["CHECK_EVERY", "LOCAL_ROWS", "LanczosDecomp", "check_num_iters", "che
 _BREAKDOWN_RATIO = 0.5  # the second Gram–Schmidt pass may remove at most this fraction of ‖w‖
 _DGKS_RATIO = 1 / math.sqrt(2)  # a second pass when the first left less than this fraction
 CHECK_EVERY = 2  # columns between convergence checks inside a pass
-LOCAL_ROWS = 10  # rows q_{j-b} … q_j the local step can see: blocks of start vectors of up to 9 rows
+LOCAL_ROWS = 10  # the static window of rows ending at q_j that the local step reads (it uses two)
 
 
 class LanczosDecomp(NamedTuple):
@@ -106,14 +106,15 @@ def start_vector(v0: Array, key) -> Array:
     return jnp.where(n > 0, v0 / jnp.where(n > 0, n, 1), fallback)
 
 
-def first_pass(w0: Array, basis: Array, j, block, mask: Array, precision):
+def first_pass(w0: Array, basis: Array, j, mask: Array, precision):
     """Orthogonalise ``w0 = A q_j`` locally and by one full Gram–Schmidt pass over the filled rows.
 
-    First the projections on ``q_{j−b} … q_j`` (``b`` = ``block``; in exact arithmetic all that the
-    (block) three-term recurrence needs, a few dot products), then one classical Gram–Schmidt pass
-    over every filled row. Returns ``(w₁, h, ‖w‖, ‖w₁‖)``: the vector, the coefficients ``Q w0``
-    so far (zero outside the mask) and the norms before and after the full pass, from which the
-    Daniel–Gragg–Kaufman–Stewart test decides whether a second pass is needed (:func:`needs_second`).
+    First the projections on ``q_{j−1}`` and ``q_j`` (in exact arithmetic all that the three-term
+    recurrence needs, two dot products, read from a static window of ``LOCAL_ROWS`` rows ending at
+    ``q_j``), then one classical Gram–Schmidt pass over every filled row. Returns
+    ``(w₁, h, ‖w‖, ‖w₁‖)``: the vector, the coefficients ``Q w0`` so far (zero outside the mask) and
+    the norms before and after the full pass, from which the Daniel–Gragg–Kaufman–Stewart test
+    decides whether a second pass is needed (:func:`needs_second`).
     """
     dtype = w0.dtype
     n_rows = basis.shape[0]
@@ -121,7 +122,7 @@ def first_pass(w0: Array, basis: Array, j, block, mask: Array, precision):
     first = jnp.clip(j - (width - 1), 0, n_rows - width)
     idx = first + jnp.arange(width)
     near = lax.dynamic_slice(basis, (first, jnp.zeros_like(first)), (width, basis.shape[1]))
-    local = ((idx <= j) & (idx >= j - block)).astype(dtype)
+    local = ((idx <= j) & (idx >= j - 1)).astype(dtype)
     c = jnp.matmul(near, w0, precision=precision) * local
     w = w0 - jnp.matmul(c, near, precision=precision)
     h0 = jnp.zeros((n_rows,), dtype).at[idx].add(c)
@@ -143,63 +144,44 @@ def second_pass(w1: Array, basis: Array, mask: Array, n1, precision):
     return w2, h2, jnp.linalg.norm(w2) > _BREAKDOWN_RATIO * n1
 
 
-def step_orthogonalize(w0: Array, basis: Array, j, block, mask: Array, precision):
+def step_orthogonalize(w0: Array, basis: Array, j, mask: Array, precision):
     """:func:`first_pass`, then :func:`second_pass` only where needed: ``(w, h, ok)``."""
-    w1, h1, n0, n1 = first_pass(w0, basis, j, block, mask, precision)
+    w1, h1, n0, n1 = first_pass(w0, basis, j, mask, precision)
     w2, h2, ok = lax.cond(needs_second(n0, n1), lambda: second_pass(w1, basis, mask, n1, precision),
                           lambda: (w1, jnp.zeros_like(h1), jnp.bool_(True)))
     return w2, h1 + h2, ok
 
 
-def extend(matvec, params, basis, products, proj, j0, block, anorm, counter, key, precision, m,
-            stop=None, min_fill=0):
-    """Process columns ``j0, j0 + 1, …``: column ``j`` stores ``A q_j`` in ``products[j]`` (unless
-    ``products`` is ``None``) and appends its residual as row ``j + block``.
-
-    Runs to column ``m − 1``, or — when ``stop(proj, n)`` is given — until it says the first ``n``
-    columns suffice; it is asked every ``CHECK_EVERY`` columns once ``n ≥ min_fill``.
-    Returns ``(basis, products, proj, betas [m], anorm, counter, n)``; ``counter`` counts matvecs
-    (and salts the random vectors of invariant-subspace restarts), ``n`` is the number of
-    processed columns.
-    """
+def extend(matvec, params, basis, proj, key, precision, m):
+    """Lanczos columns ``0 … m−1`` from the unit row ``basis[0]``: column ``j`` applies the operator
+    to ``q_j``, orthogonalises (:func:`step_orthogonalize`) and appends the residual as row ``j + 1``;
+    on an invariant subspace the next row is a random vector from ``fold_in(key, j)`` and the coupling
+    is ``0``. Returns ``(basis, proj, betas [m])``."""
     dtype = basis.dtype
     eps = jnp.finfo(dtype).eps
     rows = jnp.arange(basis.shape[0])
-    betas = jnp.zeros((m,), dtype)
 
-    def step(carry):
-        j, basis, products, proj, betas, anorm, counter, _ = carry
+    def step(j, carry):
+        basis, proj, betas, anorm = carry
         w0 = apply_operator(matvec, basis[j], params)
-        mask = (rows < j + block).astype(dtype)  # the filled rows
-        w, h, ok = step_orthogonalize(w0, basis, j, block, mask, precision)
+        mask = (rows < j + 1).astype(dtype)  # the filled rows
+        w, h, ok = step_orthogonalize(w0, basis, j, mask, precision)
         beta = jnp.linalg.norm(w)
         anorm = jnp.maximum(anorm, jnp.linalg.norm(w0))
         invariant = ~ok | (beta <= eps * anorm)
         q_next = lax.cond(
             invariant,
-            lambda: random_orthogonal(jax.random.fold_in(key, counter), basis, mask, precision),
+            lambda: random_orthogonal(jax.random.fold_in(key, j), basis, mask, precision),
             lambda: w / jnp.where(beta > 0, beta, 1),
         )
         beta = jnp.where(invariant, jnp.zeros_like(beta), beta)
-        nxt = j + block
         proj = proj.at[:, j].set(h).at[j, :].set(h)
-        proj = proj.at[nxt, j].set(beta).at[j, nxt].set(beta)
-        basis = basis.at[nxt].set(q_next)
-        if products is not None:
-            products = products.at[j].set(w0)
-        betas = betas.at[j].set(beta)
-        n = j + 1
-        if stop is None:
-            halt = jnp.bool_(False)
-        else:
-            due = (n >= min_fill) & ((n - j0) % CHECK_EVERY == 0) & (n < m)
-            halt = lax.cond(due, lambda: stop(proj, n), lambda: jnp.bool_(False))
-        return n, basis, products, proj, betas, anorm, counter + 1, halt
+        proj = proj.at[j + 1, j].set(beta).at[j, j + 1].set(beta)
+        return basis.at[j + 1].set(q_next), proj, betas.at[j].set(beta), anorm
 
-    init = (jnp.asarray(j0, jnp.int32), basis, products, proj, betas, anorm, counter, jnp.bool_(False))
-    n, basis, products, proj, betas, anorm, counter, _ = lax.while_loop(
-        lambda c: (c[0] < m) & ~c[-1], step, init)
-    return basis, products, proj, betas, anorm, counter, n
+    init = (basis, proj, jnp.zeros((m,), dtype), jnp.zeros((), dtype))
+    basis, proj, betas, _ = lax.fori_loop(0, m, step, init)
+    return basis, proj, betas
 
 
 def ritz(proj: Array, m: int, n):
@@ -218,11 +200,10 @@ def ritz(proj: Array, m: int, n):
     return theta[::-1], s[:, ::-1] * inside[:, None]
 
 
-def coupling(proj: Array, m: int, n, b_max: int, block):
-    """``B`` ``[b_max, m]``: how the residual rows ``n … n+b−1`` couple to the first ``n`` columns."""
-    b = lax.dynamic_slice(proj, (n, jnp.zeros_like(n)), (b_max, proj.shape[1]))[:, :m]
-    live = jnp.arange(b_max) < block
-    return b * (live[:, None] & (jnp.arange(m) < n)[None, :])
+def coupling(proj: Array, m: int, n):
+    """``B`` ``[1, m]``: how the residual row ``n`` couples to the first ``n`` columns."""
+    b = lax.dynamic_slice(proj, (n, jnp.zeros_like(n)), (1, proj.shape[1]))[:, :m]
+    return b * (jnp.arange(m) < n)[None, :]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -248,7 +229,5 @@ def lanczos_tridiag(matvec: Callable, v0: Array, num_iters: int, *, params=(), k
     dtype = v0.dtype
     basis = jnp.zeros((m + 1, dim), dtype).at[0].set(start_vector(v0, jax.random.fold_in(key, 0)))
     proj = jnp.zeros((m + 1, m + 1), dtype)
-    basis, _, proj, betas, _, _, _ = extend(matvec, params, basis, None, proj, 0, 1,
-                                             jnp.zeros((), dtype), jnp.zeros((), jnp.int32),
-                                             jax.random.fold_in(key, 1), precision, m)
+    basis, proj, betas = extend(matvec, params, basis, proj, jax.random.fold_in(key, 1), precision, m)
     return LanczosDecomp(basis[:m], jnp.diagonal(proj)[:m], betas, basis[m])

@@ -4,24 +4,24 @@ The operator is only seen through ``matvec(v, *params) -> A v`` on flat vectors 
 parameters travel as traced arguments, so the whole solver ``jit``\ s once and ``vmap``\ s over
 them (e.g. over the penalty ``λ``, whose Hessian is exactly ``2λI``).
 
-**Lanczos with full reorthogonalisation.** With orthonormal rows ``q_0 … q_{j+b-1}`` of the basis
-``Q`` filled, column ``j`` is processed as
+**Lanczos with full reorthogonalisation.** With orthonormal rows ``q_0 … q_j`` of the basis ``Q``
+filled, column ``j`` is processed as
 
 .. math::  w = A q_j,\qquad h = Q w,\; w \leftarrow w - Q^\top h, \qquad
-           \beta = \lVert w\rVert, \qquad q_{j+b} = w / \beta .
+           \beta = \lVert w\rVert, \qquad q_{j+1} = w / \beta .
 
-The projection is done in three stages: on the ``b + 1`` rows ``q_{j-b} … q_j`` that the (block)
-three-term recurrence couples to (a few dot products), then one classical Gram–Schmidt pass over
-every filled row, and a second pass only when the first removed more than ``1 − 1/√2`` of the
-vector (the Daniel–Gragg–Kaufman–Stewart criterion: "twice is enough"). After the local step the
-full pass only removes rounding, so the second pass is rarely needed and each column costs one
-read of the basis in each direction. Products with the basis use ``precision`` (``HIGHEST`` by
-default: no TF32 on GPUs). The coefficients ``h`` are written into row and column ``j`` of a dense
-projected matrix ``T = Qᵀ A Q`` and ``β`` at ``T[j+b, j]``, so ``A Q_n = Q_n T_n + R B`` holds
-exactly with the residual block ``R`` (rows ``n … n+b-1`` of the basis) and its coupling
-``B = T[n:, :n]``. For a single start vector (``b = 1``) ``T_n`` is the Lanczos tridiagonal
-matrix plus rounding. Every product ``A q_j`` is also kept (``products``, a second ``[m + b, P]``
-array), so that ``A y`` of any combination ``y`` of basis rows is known without a new matvec.
+The projection is done in three stages: on ``q_{j-1}`` and ``q_j``, which the three-term recurrence
+couples to (two dot products), then one classical Gram–Schmidt pass over every filled row, and a
+second pass only when the first removed more than ``1 − 1/√2`` of the vector (the
+Daniel–Gragg–Kaufman–Stewart criterion: "twice is enough"). After the local step the full pass only
+removes rounding, so the second pass is rarely needed and each column costs one read of the basis in
+each direction. Products with the basis use ``precision`` (``HIGHEST`` by default: no TF32 on
+GPUs). The coefficients ``h`` are written into row and column ``j`` of a dense projected matrix
+``T = Qᵀ A Q`` and ``β`` at ``T[j+1, j]``, so ``A Q_n = Q_n T_n + r bᵀ`` holds exactly with the
+residual row ``r = q_n`` and its coupling ``b = T[n, :n]``; from a single start ``T_n`` is the
+Lanczos tridiagonal matrix plus rounding, after a thick restart an arrow matrix. Every product
+``A q_j`` is also kept (``products``, a second ``[m + 1, P]`` array), so that ``A y`` of any
+combination ``y`` of basis rows is known without a new matvec.
 
 **Invariant subspaces.** When ``β`` vanishes relative to the operator scale (``β ≤ ε‖A‖``) or a
 second Gram–Schmidt pass removed more than half of the vector (what was left was rounding), the
@@ -30,17 +30,17 @@ the basis and the coupling is set to ``0``, so ``T`` stays exact.
 
 **Ritz pairs, early exit, certificate and thick restart.** ``T_n = S Θ Sᵀ`` (``jnp.linalg.eigh``;
 the unused rows of the fixed-size ``T_m`` are decoupled below the spectrum); Ritz vectors
-``Y = Sᵀ Q`` are one matmul; the recurrence's estimate of the residual of pair ``i`` is ``‖B s_i‖``
-(for ``b = 1`` the familiar ``|β s_{n,i}|``). A pass checks the estimates every ``CHECK_EVERY``
+``Y = Sᵀ Q`` are one matmul; the recurrence's estimate of the residual of pair ``i`` is ``|bᵀ s_i|``
+(after a plain Lanczos pass the familiar ``|β s_{n,i}|``). A pass checks the estimates every ``CHECK_EVERY``
 columns once it holds ``k_keep = k + (m − k)//2`` of them and ends as soon as the top ``k`` satisfy
-``‖B s_i‖ ≤ tol·s`` (on the real Hessian at ``k = 30`` that is after ~76 of ``m = 120`` columns);
+``|bᵀ s_i| ≤ tol·s`` (on the real Hessian at ``k = 30`` that is after ~76 of ``m = 120`` columns);
 otherwise it runs to ``m``. The pass is then *certified*: the top ``k`` Ritz vectors and their
 products ``A y_i = Sᵀ (A Q)`` (the operator's own stored outputs, no new matvec) give the true
 residuals ``‖A y_i − θ_i y_i‖``, and only these decide convergence — the estimate merely ends a
 pass, so a pass whose estimate was too optimistic (lost orthogonality, rounding) is followed by
 another instead of returning unconverged pairs. Until convergence the iteration keeps the top
-``k_keep`` Ritz vectors (and their products ``A Y``), puts the residual block after them (their
-arrow coupling ``B S`` goes into ``T``) and extends the basis again. No coupling is ever dropped.
+``k_keep`` Ritz vectors (and their products ``A Y``), puts the residual row after them (their
+arrow coupling ``bᵀ S`` goes into ``T``) and extends the basis again. No coupling is ever dropped.
 
 **Completeness: the probe.** A Krylov space can miss an eigenvalue of the top ``k``: a single
 start vector holds one vector per eigenspace, so a second copy of a degenerate eigenvalue is not
@@ -119,7 +119,7 @@ from .operators import apply_operator, as_int, check_operator
 Array = jax.Array
 
 __all__ = ["DEFAULT_MAX_RESTARTS", "EigResult", "LanczosDecomp", "default_num_iters", "lanczos_tridiag",
-           "top_k_eigenpairs", "top_k_eigenpairs_batched"]
+           "probe_steps", "top_k_eigenpairs", "top_k_eigenpairs_batched"]
 
 #: Restarts allowed after the first Lanczos pass (probes included).
 DEFAULT_MAX_RESTARTS = 30
@@ -210,25 +210,20 @@ def top_k_eigenpairs(matvec: Callable, v0: Array, k: int, num_iters: int | None 
     ``k``, ``num_iters``, ``max_restarts`` static) and ``jax.vmap`` over ``v0`` and ``params``.
     """
     v0, params, key = check_start(matvec, v0, params, key)
-    dim = v0.shape[0]
-    k = as_int("k", k)
-    if not 1 <= k < dim:
-        raise ValueError(f"k={k} must satisfy 1 <= k < P (P={dim}); use numpy.linalg.eigh for the full spectrum")
-    m = check_num_iters(num_iters, k, dim)
-    max_restarts = as_int("max_restarts", max_restarts)
-    if max_restarts < 0:
-        raise ValueError(f"max_restarts={max_restarts} must be >= 0")
-    if isinstance(tol, (int, float)) and not (math.isfinite(tol) and tol >= 0):
-        raise ValueError(f"tol={tol!r} must be a finite number >= 0")
-    warm = None if warm_start is None else _check_warm(jnp.asarray(warm_start)[None], v0[None])
+    warm = None
+    if warm_start is not None:
+        warm = jnp.asarray(warm_start)
+        if warm.ndim != 2:
+            raise ValueError(f"warm_start must be vectors [g, P], got shape {warm.shape}")
+        warm = warm[None]
 
     def one(v, *op_params):  # the batched operator of a batch of one
         return apply_operator(matvec, v[0], op_params)[None]
 
-    sizes = _Sizes.of(k, m, dim, bool(multiplicity_check), max_restarts)
-    solver = _Solver(one, params, sizes, jnp.asarray(tol, v0.dtype), max_restarts, precision, key[None], v0[None])
-    use = None if warm is None else jnp.ones((1,), jnp.bool_)
-    return jax.tree_util.tree_map(lambda a: a[0], solver.solve(warm, use))
+    res = top_k_eigenpairs_batched(one, v0[None], k, num_iters, params=params, tol=tol, max_restarts=max_restarts,
+                                   keys=key[None], precision=precision, multiplicity_check=multiplicity_check,
+                                   warm_start=warm)
+    return jax.tree_util.tree_map(lambda a: a[0], res)
 
 
 def top_k_eigenpairs_batched(matvec_batch: Callable, v0: Array, k: int, num_iters: int | None = None, *,
@@ -243,7 +238,8 @@ def top_k_eigenpairs_batched(matvec_batch: Callable, v0: Array, k: int, num_iter
     ``warm_start`` ``[B, g, P]`` with ``use_warm`` ``[B]`` bool (default all): which members start
     warm (a member whose warm vectors are not finite starts cold). Every field of the
     :class:`EigResult` gains a leading ``B``; member ``b``'s result is the one
-    :func:`top_k_eigenpairs` returns for it alone (same algorithm, same random draws). Use this
+    :func:`top_k_eigenpairs` returns for it alone, to rounding (same algorithm, same random draws;
+    the batched products may round differently). Use this
     rather than ``vmap(top_k_eigenpairs)`` for a batch: under ``vmap`` every data-dependent branch of
     the solver runs for every member and whole bases are selected at every step, while here the batch
     decides each branch once (``any`` over members) and a stopped member only stops writing.
@@ -278,10 +274,15 @@ def top_k_eigenpairs_batched(matvec_batch: Callable, v0: Array, k: int, num_iter
 def _check_warm(warm: Array, v0: Array) -> Array:
     if warm.ndim != 3 or warm.shape[0] != v0.shape[0] or warm.shape[2] != v0.shape[1] or warm.shape[1] < 1:
         raise ValueError(f"warm_start must hold at least one vector of length P={v0.shape[1]} per member "
-                         f"(shape [g, P], batched [B, g, P]), got shape {warm.shape[1:] if warm.shape[0] == 1 else warm.shape}")
+                         f"([B, g, P] with B={v0.shape[0]}), got shape {warm.shape}")
     if not jnp.issubdtype(warm.dtype, jnp.floating):
         raise ValueError(f"warm_start must be real floating point, got {warm.dtype}")
     return warm
+
+
+def probe_steps(k: int, m: int) -> int:
+    """Products of one completeness probe: ``max((m − k)//4, 12)`` columns within ``m − k`` (22 for k = 30)."""
+    return min(max((m - k) // 4, _PROBE_STEPS), m - k)
 
 
 class _Sizes(NamedTuple):
@@ -299,8 +300,7 @@ class _Sizes(NamedTuple):
     def of(cls, k: int, m: int, dim: int, multiplicity_check: bool, max_restarts: int) -> "_Sizes":
         # no probe when the basis is (almost) the whole space: there is nothing left to miss
         probes = min(k, _MAX_PROBES) if multiplicity_check and dim - m >= 2 else 0
-        return cls(k, m, m + 1, k + (m - k) // 2, min(max((m - k) // 4, _PROBE_STEPS), m - k), probes,
-                   min(_WARM_RESTARTS, max_restarts))
+        return cls(k, m, m + 1, k + (m - k) // 2, probe_steps(k, m), probes, min(_WARM_RESTARTS, max_restarts))
 
 
 class _Certificate(NamedTuple):
@@ -340,9 +340,6 @@ def _get_row(a, i):
     return lax.dynamic_index_in_dim(a, i, keepdims=False)
 
 
-_ONE = 1  # rows in the residual block: every pass extends a single Krylov sequence
-
-
 class _Solver:
     """The steps of the thick-restart solver over a batch of ``B`` independent operators.
 
@@ -352,7 +349,7 @@ class _Solver:
     over members), members that have stopped only stop writing (row-sized selects, never
     basis-sized ones), the second Gram–Schmidt pass runs only when a member needs it, a random
     vector is drawn only when a member meets an invariant subspace or starts a probe, and Ritz
-    values are computed only at a member's check points. A member's numbers do not depend on the
+    values are computed only when some member is at a check point. A member's numbers do not depend on the
     others'.
 
     One iteration of the outer loop: begin a pass (the first start, a thick restart, a completeness
@@ -401,7 +398,7 @@ class _Solver:
 
     def restart(self, st: _State, keep, coupled):
         """One member: keep the top ``keep ≤ k_keep`` Ritz vectors and their products, then the
-        residual row with its arrow coupling ``B S`` (``coupled``; a probe puts a fresh row there
+        residual row with its arrow coupling ``bᵀ S`` (``coupled``; a probe puts a fresh row there
         instead). ``keep = 0`` is a start."""
         sz, dtype = self.sz, st.basis.dtype
         cols = (jnp.arange(sz.k_keep) < keep).astype(dtype)
@@ -411,7 +408,7 @@ class _Solver:
         res = _get_row(st.basis, st.filled)
         basis = _set_row(st.basis.at[:sz.k_keep].set(y), keep, res)
         products = st.products.at[:sz.k_keep].set(ay)
-        arrow = self.mm(coupling(st.proj, sz.m, st.filled, _ONE, _ONE), s)[0] * coupled  # [k_keep]
+        arrow = self.mm(coupling(st.proj, sz.m, st.filled), s)[0] * coupled  # [k_keep]
         proj = jnp.zeros((sz.n_rows, sz.n_rows), dtype)
         proj = proj.at[jnp.arange(sz.k_keep), jnp.arange(sz.k_keep)].set(st.theta[:sz.k_keep] * cols)
         proj = lax.dynamic_update_slice(proj, arrow[None], (keep, jnp.int32(0)))
@@ -455,8 +452,8 @@ class _Solver:
     # -- one pass ---------------------------------------------------------------------------------
 
     def estimates(self, proj, n, s):
-        """``‖B s_i‖`` of the top k: the recurrence's residual estimates (exact up to rounding)."""
-        b = coupling(proj, self.sz.m, n, _ONE, _ONE)
+        """``|bᵀ s_i|`` of the top k: the recurrence's residual estimates (exact up to rounding)."""
+        b = coupling(proj, self.sz.m, n)
         return jnp.linalg.norm(self.mm(b, s[:, :self.sz.k]), axis=0)
 
     def stop(self, proj, n):
@@ -472,9 +469,8 @@ class _Solver:
         rows = jnp.arange(sz.n_rows)
         q = jax.vmap(_get_row)(c.basis, c.j)
         w0 = self.matvec(q, *self.params).astype(dtype)  # [B, P]
-        mask = (rows[None, :] < (c.j + _ONE)[:, None]).astype(dtype)  # the filled rows
-        first = functools.partial(first_pass, block=_ONE, precision=prec)
-        w, h, n0, n1 = jax.vmap(lambda w0, basis, j, mask: first(w0, basis, j, mask=mask))(w0, c.basis, c.j, mask)
+        mask = (rows[None, :] < (c.j + 1)[:, None]).astype(dtype)  # the filled rows
+        w, h, n0, n1 = jax.vmap(functools.partial(first_pass, precision=prec))(w0, c.basis, c.j, mask)
         need = c.active & needs_second(n0, n1)
 
         def second(w, h):
@@ -494,7 +490,7 @@ class _Solver:
 
         q_next = lax.cond(jnp.any(invariant & c.active), fresh, lambda q: q, q_next)
         beta = jnp.where(invariant, 0, beta)
-        nxt = c.j + _ONE
+        nxt = c.j + 1
 
         def write(basis, products, proj, j, nxt, h, beta, q_next, w0, active):
             new_proj = proj.at[:, j].set(h).at[j, :].set(h).at[nxt, j].set(beta).at[j, nxt].set(beta)
