@@ -1,14 +1,16 @@
 """The compiled per-batch programs of a sweep: ``jit(vmap(...))`` over a batch of λ, sharded over
 devices along a ``lam`` mesh axis.
 
-For a global batch of ``G = B × devices`` λ values, :class:`Programs` holds three programs, each
+For a global batch of ``G = B × devices`` λ values, :class:`Programs` holds four programs, each
 compiled once per shape and reused for every batch:
 
 * ``init``   — the starting point's ``L_eff`` and fresh Adam state for every member;
 * ``epoch``  — one training epoch of every member (a member that has stopped stays frozen);
 * ``analyze``— at each member's best weights: train/test loss and accuracy, ``∇L_eff``,
   ``‖θ − θ_ref‖`` and the top-k eigenpairs of the *data* Hessian ``∇²(mean CE)`` by Lanczos over
-  the first ``hessian_samples``.
+  the first ``hessian_samples``;
+* ``healthy``— whether each member's training stayed finite, decided on the devices, so the next batch
+  knows which warm starts it may use without a trip to the host.
 
 **The shift stays out of float32.** ``∇²L_eff = ∇²(mean CE) + 2λI`` exactly: the penalty shifts
 every eigenvalue by ``2λ`` and changes no eigenvector. Carried through float32 products and Ritz
@@ -212,7 +214,7 @@ def lambda_mesh(devices=None) -> jax.sharding.Mesh:
 
 
 class Programs:
-    """The three compiled programs of a sweep, for fixed data shapes and settings."""
+    """The four compiled programs of a sweep, for fixed data shapes and settings."""
 
     def __init__(self, mesh, train_config: TrainConfig, spectrum: SpectrumConfig, *, precision=DEFAULT_PRECISION):
         self.mesh = mesh
@@ -255,7 +257,7 @@ class Programs:
     def compilations(self) -> dict[str, int]:
         """How many times each program was compiled (1 each for a sweep whose batches share a shape)."""
         return {"init": self.init._cache_size(), "epoch": self.epoch._cache_size(),
-                "analyze": self.analyze._cache_size()}
+                "analyze": self.analyze._cache_size(), "healthy": self.healthy._cache_size()}
 
     def put_split(self, array) -> jax.Array:
         """A host array ``[G, ...]`` split along its first axis over the mesh (each process supplies

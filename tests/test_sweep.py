@@ -190,7 +190,7 @@ def test_no_recompilation_across_batches():
         out=str(REPO / ".pytest_cache" / "sweep-compile"), lambdas="0,0.001,0.002", overwrite=True, quiet=True,
         train_samples=300, test_samples=100, hessian_samples=200, k=2, max_epochs=2, batch_size=100, dtype="float32"))
     assert len(summary["finished"]) == 3
-    assert summary["compilations"] == {"init": 1, "epoch": 1, "analyze": 1}
+    assert summary["compilations"] == {"init": 1, "epoch": 1, "analyze": 1, "healthy": 1}
 
 
 def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path):

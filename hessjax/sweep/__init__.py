@@ -23,6 +23,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
+
 from ..anchors import default_anchor_path
 from .config import DEFAULT_LAMBDAS, SweepConfig, build_parser
 from .execute import unconverged_pairs, unconverged_warning
@@ -64,16 +66,14 @@ def run(config: SweepConfig | None = None, **overrides) -> dict:
     runs = []
     from ..bridges import anchor as anchor_io
 
-    names = anchor_io.parameter_names(inputs.anchor)
+    names = np.asarray(anchor_io.parameter_names(inputs.anchor), dtype=object)  # one array: the writers cache its runs
     for seed in inputs.seeds:
         run_id = inputs.run_id(seed)
         finished = {} if config.overwrite else results.finished_lambdas(inputs.out, run_id)
         todo = [v for v in part if v not in finished]
         if config.dry_run:
-            usable = {v for v, rec in finished.items() if not rec.get("diverged")}
             batches = [[s.lam for s in b if s is not None]
-                       for b in plan.walk_segments(part, todo, global_batch, usable, config.segment_length,
-                                                    cold=config.cold_start)]
+                       for b in plan.sweep_batches(config, part, todo, global_batch, finished)]
             plan.print_plan(config, inputs, run_id, todo, batches, devices, per_device)
             return {"out": str(inputs.out), "run_id": run_id, "finished": [], "skipped": sorted(finished),
                     "diverged": [], "store": str(results.store_path(inputs.out, run_id)), "dry_run": True}

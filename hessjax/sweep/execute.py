@@ -81,10 +81,14 @@ class Compute:
         self.x, self.y = rep(x_train), rep(data.y_train)
         self.train = rep(chunk_data(x_train, data.y_train, config.chunk_size))
         self.test = rep(chunk_data(np.asarray(data.x_test, dtype), data.y_test, config.chunk_size))
-        self.hess = rep(chunk_data(x_train[:n_hess], data.y_train[:n_hess], config.chunk_size))
+        # the Hessian's samples are the first n_hess training samples: all of them by default, then the
+        # training chunks on the devices serve both
+        self.hess = self.train if n_hess == x_train.shape[0] else rep(
+            chunk_data(x_train[:n_hess], data.y_train[:n_hess], config.chunk_size))
         self.anchor_params = jax.tree_util.tree_map(lambda t: np.asarray(t, dtype), inputs.anchor.params)
         self.anchor_dev = rep(self.anchor_params)
         self._zeros = None  # [G, k, P] and [G] on the devices: "no warm vectors", made on first use
+        self._probe_keys = {}  # seed -> the replicated key of the trace and density probes
         split = self.programs.split
         self._take = jax.jit(lambda v, o, i: (v[i], o[i]), out_shardings=(split, split))  # rows for repeats
 
@@ -126,9 +130,14 @@ class Compute:
             warm_previous, previous_ok = self._take(warm_previous, previous_ok, index)
         warm_stored = self._stored([s.neighbour if s.source == "store" else None for s in padded], store)
         analysis = p.analyze(states.best_params, self.anchor_dev, lam_arr, keys, self.train, self.test, self.hess,
-                             p.put_replicated(engine.probe_key(seed)), warm_previous, warm_stored,
+                             self._probe_key(seed), warm_previous, warm_stored,
                              p.put_split(source), previous_ok)
         return states, analysis
+
+    def _probe_key(self, seed: int):
+        if seed not in self._probe_keys:
+            self._probe_keys[seed] = self.programs.put_replicated(engine.probe_key(seed))
+        return self._probe_keys[seed]
 
     def _no_previous(self):
         if self._zeros is None:
@@ -277,10 +286,8 @@ def _run_batches(ctx, compute, store, batches, writer, progress, report, start) 
 
 def schedule(ctx, compute, todo, part=None):
     """The batches of ``todo``: continuation along segments of ``part`` (or ``--cold-start``)."""
-    records = results.finished_lambdas(ctx.out, ctx.run_id)
-    usable = {lam for lam, rec in records.items() if not rec.get("diverged")}
-    return plan.walk_segments(sorted(part if part is not None else todo), todo, compute.global_batch, usable,
-                              ctx.config.segment_length, cold=ctx.config.cold_start)
+    return plan.sweep_batches(ctx.config, part if part is not None else todo, todo, compute.global_batch,
+                              results.finished_lambdas(ctx.out, ctx.run_id))
 
 
 def _leaves(tree):

@@ -16,7 +16,7 @@ from ..anchors import default_anchor_path
 from ..results import UsageError
 
 __all__ = ["Inputs", "Slot", "cold_batches", "default_lambda_batch", "load_inputs", "parse_seeds", "parse_shard",
-           "print_plan", "segments", "shard_part", "walk_segments"]
+           "print_plan", "segments", "shard_part", "sweep_batches", "walk_segments"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,6 +147,13 @@ def walk_segments(part: list[float], todo, size: int, usable, length: int,
     return batches
 
 
+def sweep_batches(config, part: list[float], todo, size: int, records) -> list[list[Slot | None]]:
+    """:func:`walk_segments` with the sweep's settings: ``records`` are the run's finished λ (their
+    non-diverged ones may start a neighbour), ``--segment-length`` and ``--cold-start``."""
+    usable = {lam for lam, rec in records.items() if not rec.get("diverged")}
+    return walk_segments(sorted(part), todo, size, usable, config.segment_length, cold=config.cold_start)
+
+
 def cold_batches(lams: list[float], size: int) -> list[list[Slot]]:
     """Batches of ``size`` consecutive λ, every one started cold (the refinement rounds' λ)."""
     return [[Slot(v, "cold", None) for v in lams[i: i + size]] for i in range(0, len(lams), size)]
@@ -201,16 +208,18 @@ def load_inputs(config, jax) -> Inputs:
 
 def print_plan(config, inputs: Inputs, run_id: str, todo, batches, devices, per_device) -> None:
     """The ``--dry-run`` summary: grid, devices, batches, data, settings, and estimates of time and disk."""
+    from ..lanczos import default_num_iters, probe_steps
+
     anchor, lams = inputs.anchor, inputs.lams
     n_train, n_test, n_hess = inputs.data.x_train.shape[0], inputs.data.x_test.shape[0], inputs.n_hess
     k, P = config.k, anchor.num_params
-    m = config.lanczos_iters or min(P, max(2 * k + 20, 4 * k))
+    m = config.lanczos_iters or default_num_iters(k, P)
     flops_fwd = 2 * sum(a * b for a, b in zip(anchor.sizes[:-1], anchor.sizes[1:]))  # per sample
     epochs = min(config.max_epochs, 40)  # a typical plateau; the cap bounds it
     train_flops = epochs * n_train * flops_fwd * 4  # forward + backward per step, and the epoch's L_eff
     # a cold first pass (often stops early; here counted whole) and the completeness probe; residuals cost
     # no products; a warm start usually needs fewer
-    hvps = m + (min(max((m - k) // 4, 12), m - k) if config.multiplicity_check else 0)
+    hvps = m + (probe_steps(k, m) if config.multiplicity_check else 0)
     lanczos_flops = hvps * (2.6 * n_hess * flops_fwd + 4 * (m + 9) * P)  # R-operator + Gram–Schmidt
     # rough sustained rates on a 2-core CPU (a 60,000-sample epoch takes ~1 s; the HVP rate is in
     # benchmarks/RESULTS.md); an accelerator's are a guess, not a measurement

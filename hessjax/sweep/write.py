@@ -7,8 +7,8 @@ several workers writing into one directory never lose or tear a row.
 
 **Overlap** (:class:`BatchWriter`): while the device computes batch ``b + 1`` a single writer thread
 fetches and writes batch ``b``. At most one batch waits: the main thread blocks on
-:meth:`BatchWriter.submit` while the previous batch is still being written, so memory is bounded by
-two batches of results. A writer error is raised in the main thread at its next call, and every λ
+:meth:`BatchWriter.submit` only when a batch is already waiting behind the one being written, so
+memory is bounded by two batches of results. A writer error is raised in the main thread at its next call, and every λ
 whose record was written before it stays finished.
 """
 
