@@ -13,6 +13,8 @@ Layout of ``OUT`` for run id ``ID`` (``L2`` = :func:`lambda_label` of λ)::
                                      eigenvalue,data_eigenvalue,residual,error_bound,converged   k rows
     Hessian-eigenvectors-ID-L2.csv   parameter,v1,...,vk           P rows   (format "csv")
     Hessian-eigenvectors-ID-L2.npy   float32 [P, k], column j = eigenvector j+1   (format "npy")
+    Hessian-density-ID-L2.csv        SLQ nodes and weights (with --density)
+    Hessian-bottom-eigenvalues-ID-L2.csv   bottom k with residuals and flags (with --bottom-k)
     model_weights-ID-L2.pth          trained weights (written by the caller via hessjax.bridges)
     records/ID-L2.json               per-λ record, written LAST: its presence means "λ finished"
     Model-ID.csv                     one row per finished λ, ascending; rebuilt from the records
@@ -30,8 +32,9 @@ Modules, one concern each (everything public is re-exported here: ``from hessjax
 ``Model-ID.csv``, :func:`jsonable`), :mod:`~hessjax.results.manifest` (manifest, configuration check,
 :func:`discard_run`) and :mod:`~hessjax.results.store` (:class:`SweepStore`).
 
-Float formats: float32 arrays are written ``%.9g`` (9 significant digits: reads back bitwise as the same
-float32), anything else as float64 ``%.17g`` (reads back bitwise as the same float64).
+Float formats: the per-parameter float32 files (gradients, eigenvectors) as fixed-width cells like
+``+1.23456789e-05`` (:mod:`~hessjax.results.csvfloat`), other float32 values ``%.9g`` (9 significant
+digits), anything else as float64 ``%.17g``: every value reads back bitwise as the same float.
 """
 
 from __future__ import annotations

@@ -70,7 +70,7 @@ def _write_table(path: Path, header: str, names: np.ndarray | None, values: np.n
     """Write ``header`` then one row per ``values[i]`` (``[n, m]``), prefixed by ``names[i]`` if given.
 
     With ``fast`` (the per-parameter files: P rows) finite float32 values take the fixed-width path of
-    :mod:`hessjax.results.csvfloat` (cells like ``+1.23456789e-05``, ~10× faster); anything else is
+    :mod:`hessjax.results.csvfloat` (cells like ``+1.23456789e-05``, 5–8× faster: benchmarks/RESULTS.md §6); anything else is
     ``%``-formatted (``%.9g`` float32, ``%.17g`` float64). Either way every value reads back bit for bit.
     """
     fmt, dtype = _float_format(values.dtype)
