@@ -4,8 +4,9 @@
     overlap, the whole write of the batch; with it, only the main thread's waits for the writer
     thread — as a fraction of the batch's wall time;
 (b) per-λ wall time of a sweep at ``--lambda-batch 8`` ÷ ``--lambda-batch 1``;
-(c) Lanczos products a batch executed (members run in lockstep: the most any member needed) ÷ the
-    sum of what its members needed;
+(c) Lanczos products a batch executed (as its members record it) ÷ the sum of what its members needed:
+    in lockstep every member's product at every step until the slowest member is done, with member
+    products (the default) only the products of members still extending;
 (d) ``select_n`` operations over basis-sized arrays (``≥ B·(m + 1)·P`` elements) in the batched
     eigensolver's program: the batched solver against ``vmap`` of the single-member solver (how
     the engine batched λ before).
@@ -94,7 +95,9 @@ def blocked_fraction(summary: dict, overlap: bool) -> dict:
 
 
 def product_ratio(summary: dict) -> dict:
-    """(c): executed ÷ needed over every batch: a batch executes its slowest member's products for each member."""
-    executed = sum(b["batch_matvecs"] * len(b["own_matvecs"]) for b in summary["batches"])
+    """(c): executed ÷ needed over every batch, on one device: every member records the products its
+    device's batch executed (``batch_matvecs``; the sum of the members' own with member products,
+    every member at every step of the batch in lockstep) and its own (``own_matvecs``)."""
+    executed = sum(max(b["batch_matvecs"]) for b in summary["batches"])
     needed = sum(sum(b["own_matvecs"]) for b in summary["batches"])
     return {"executed": int(executed), "needed": int(needed), "ratio": executed / needed if needed else None}

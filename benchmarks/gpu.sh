@@ -18,8 +18,9 @@
 #   sweep  60,000 samples, k=10, 2 epochs, 8 λ (0:0.07:8), λ batches 1 and 8 (GPU_BATCHES);
 #          the torch pipeline on one λ (hessjax.bridges.torch_pipeline has no device option:
 #          it runs on the host CPU, as the original did)                               (~80 s)
-#   proxies  benchmarks/sweep.py --proxies: basis-sized selects, batch 8 ÷ batch 1 per λ,
-#          products executed ÷ needed, host-blocked fraction at λ-batch 4, peak memory  (~80 s)
+#   proxies  benchmarks/sweep.py --proxies: basis-sized selects, batch 8 ÷ batch 1 per λ and
+#          products executed ÷ needed (member products and lockstep), host-blocked fraction
+#          at λ-batch 4, peak memory                                                     (~80 s)
 # Then one table (benchmarks/gpu_table.py): s/λ, ms per product (hessjax and torch, same device),
 # host-blocked fraction, peak device memory.
 # On a GPU, float32 matmuls: hessjax uses Precision.HIGHEST (no TF32); torch keeps its default
@@ -69,7 +70,7 @@ if [[ $smoke -eq 1 ]]; then
   eigs_args=(--samples 256 --k 5 --repeats 1 --methods hessjax,hessjax_nomc,scipy_default,pyhessian,matfree)
   sweep_args=(--train-samples 256 --test-samples 128 --k 3 --epochs 1 --lambdas 0:0.01:2 --batches 1,2
               --torch-lambdas 1 --repeats 1)
-  proxy_args=(--proxy-samples 512)
+  proxy_args=(--proxy-samples 512 --proxy-variants b1,b8,b8-lockstep)
   limits=(120 180 240 600)
 else
   device=gpu
@@ -92,7 +93,7 @@ EOF
   eigs_args=(--samples 60000 --k 30 --repeats 2 --methods hessjax,hessjax_nomc,scipy_default,pyhessian,matfree)
   sweep_args=(--train-samples 60000 --test-samples 10000 --k 10 --epochs 2 --lambdas 0:0.07:8
               --batches "${GPU_BATCHES:-1,8}" --torch-lambdas 1 --no-torch-warmup --repeats 1)
-  proxy_args=(--proxy-samples 60000)
+  proxy_args=(--proxy-samples 60000 --proxy-variants b1,b8,b8-lockstep)
   limits=(40 80 80 80)  # 280 s in all, plus start-up: within 5 minutes
 fi
 status run running

@@ -104,6 +104,9 @@ def main(argv=None) -> int:
     p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
     p.add_argument("--proxies", action="store_true",
                    help="measure the accelerator proxies (a)–(d) of benchmarks/_proxies.py instead")
+    p.add_argument("--proxy-variants", default=",".join(PROXY_VARIANTS),
+                   help="with --proxies: which (b)/(c) runs, of " + ", ".join(PROXY_VARIANTS) + " (λ-batch 1 or 8; "
+                        "lockstep products; cold starts for both batch sizes)")
     p.add_argument("--proxy-samples", type=int, default=60_000,
                    help="training samples of the host-blocked measurement (a) (the README's main settings: 60,000)")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -182,6 +185,11 @@ def main(argv=None) -> int:
     return 0
 
 
+PROXY_VARIANTS = {  # name: (λ-batch, settings) of the (b) and (c) runs
+    "b1": (1, {}), "b8-lockstep": (8, {"member_products": False}), "b8": (8, {}),
+    "b1-cold": (1, {"cold_start": True}), "b8-cold": (8, {"cold_start": True})}
+
+
 def proxies(args) -> int:
     """(a)–(d) of benchmarks/_proxies.py: before (synchronous writes; vmap of the single-member solver)
     and now, printed as one table and written to --json."""
@@ -192,19 +200,27 @@ def proxies(args) -> int:
     print(f"(d) basis-sized select_n in the batched eigensolver: vmap of one solver {d['vmap_of_single_solver']}, "
           f"batched solver {d['batched_solver']}", flush=True)
     small = dict(lambdas="0:0.07:8", train_samples=2048, test_samples=2000, k=16, max_epochs=2, seed=0)
-    per_lambda = {}
-    products = None
-    for batch in (1, 8):
-        X.sweep_summary(**small, lambda_batch=batch)  # warm-up: compile (kept in the persistent cache)
-        summary = X.sweep_summary(**small, lambda_batch=batch)
-        per_lambda[batch] = summary["wall_s"] / 8
-        if batch == 8:
-            products = X.product_ratio(summary)
-        print(f"    λ-batch {batch}: {per_lambda[batch]:.2f} s per λ", flush=True)
-    b = per_lambda[8] / per_lambda[1]
-    print(f"(b) per-λ wall time, batch 8 ÷ batch 1: {b:.2f}", flush=True)
-    print(f"(c) products executed ÷ needed at batch 8: {products['executed']} / {products['needed']} = "
-          f"{products['ratio']:.3f}", flush=True)
+    asked = args.proxy_variants.split(",")
+    unknown = sorted(set(asked) - set(PROXY_VARIANTS))
+    if unknown:
+        raise SystemExit(f"error: unknown --proxy-variants {', '.join(unknown)} (known: {', '.join(PROXY_VARIANTS)})")
+    variants = {name: v for name, v in PROXY_VARIANTS.items() if name in asked}
+    per_lambda, products = {}, {}
+    for name, (batch, extra) in variants.items():
+        X.sweep_summary(**small, **extra, lambda_batch=batch)  # warm-up: compile (kept in the persistent cache)
+        summary = X.sweep_summary(**small, **extra, lambda_batch=batch)
+        per_lambda[name] = summary["wall_s"] / 8
+        products[name] = X.product_ratio(summary)
+        print(f"    {name}: {per_lambda[name]:.2f} s per λ, products executed ÷ needed "
+              f"{products[name]['executed']} / {products[name]['needed']} = {products[name]['ratio']:.3f}", flush=True)
+    ratio = lambda a, b: per_lambda[a] / per_lambda[b] if a in per_lambda and b in per_lambda else None  # noqa: E731
+    b, b_lockstep, b_cold = ratio("b8", "b1"), ratio("b8-lockstep", "b1"), ratio("b8-cold", "b1-cold")
+    show = lambda x, f=".2f": "—" if x is None else format(x, f)  # noqa: E731
+    print(f"(b) per-λ wall time, batch 8 ÷ batch 1: lockstep {show(b_lockstep)}, member products {show(b)} "
+          f"(both with cold starts: {show(b_cold)})", flush=True)
+    print(f"(c) products executed ÷ needed at batch 8: lockstep "
+          f"{show(products.get('b8-lockstep', {}).get('ratio'), '.3f')}, member products "
+          f"{show(products.get('b8', {}).get('ratio'), '.3f')}", flush=True)
     main_settings = dict(lambdas="0:0.1:6", train_samples=args.proxy_samples, k=30, lambda_batch=4, seed=0)
     blocked = {}
     for overlap in (False, True):
@@ -217,7 +233,8 @@ def proxies(args) -> int:
     import jax
 
     stats = jax.devices()[0].memory_stats() or {}  # None on CPU
-    result = {"peak_device_bytes": stats.get("peak_bytes_in_use"), "d_basis_selects": d, "b_per_lambda_s": per_lambda, "b_ratio": b, "c_products": products,
+    result = {"peak_device_bytes": stats.get("peak_bytes_in_use"), "d_basis_selects": d, "b_per_lambda_s": per_lambda, "b_ratio": b,
+              "b_ratio_lockstep": b_lockstep, "b_ratio_cold_starts": b_cold, "c_products": products,
               "a_blocked": {"synchronous": blocked[False], "overlapped": blocked[True]},
               "settings": {"b_c": small, "a": main_settings}, "machine": C.machine()}
     C.write_json(args.json, result)

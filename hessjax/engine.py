@@ -63,6 +63,7 @@ class SpectrumConfig(NamedTuple):
     density_iters: int = 80  # Lanczos steps per SLQ probe
     bottom_k: int = 0  # smallest eigenpairs (0: none)
     multiplicity_check: bool = True  # completeness probes for missed eigenvalues (max((m − k)/4, 12) matvecs each)
+    member_products: bool = True  # a λ batch applies each member's Hessian only while that member extends
 
 
 class Extras(NamedTuple):
@@ -166,18 +167,21 @@ def analyze(params: Params, anchor: Params, lam, key, train: Chunks, test: Chunk
 
 def analyze_batch(params: Params, anchor: Params, lams, keys, train: Chunks, test: Chunks, hess: Chunks,
                   spectrum: SpectrumConfig, *, probes=None, precision=DEFAULT_PRECISION, warm_start=None,
-                  use_warm=None) -> Analysis:
+                  use_warm=None, solve=None) -> Analysis:
     """:func:`analyze` for a batch of members (``params``, ``lams``, ``keys`` with a leading ``B``):
     the per-member parts under ``vmap``, the eigensolve by
     :func:`hessjax.lanczos.top_k_eigenpairs_batched`, whose branches are decided once per batch.
     ``warm_start`` ``[B, g, P]`` and ``use_warm`` ``[B]``: the members that start from the sum of
-    their warm vectors. Each member's result equals its :func:`analyze` alone."""
+    their warm vectors; ``solve`` ``[B]`` (default all): the members whose eigenpairs are wanted (the
+    others get zeros and cost no product). Each member's result equals its :func:`analyze` alone."""
     pre = jax.vmap(lambda p, lam, key: _prepare(p, anchor, lam, key, train, hess, precision))(params, lams, keys)
     matvec = jax.vmap(functools.partial(linearized_flat_hessian_matvec, precision=precision),
                       in_axes=(0, 0, 0, None))
     eig = top_k_eigenpairs_batched(matvec, pre.v0, spectrum.k, spectrum.num_iters,
                                    params=(pre.lin, pre.unshifted, hess), keys=pre.k_restart,
-                                   warm_start=warm_start, use_warm=use_warm, **_eig_options(spectrum, precision))
+                                   warm_start=warm_start, use_warm=use_warm,
+                                   param_axes=(0, 0, None) if spectrum.member_products else None, solve=solve,
+                                   **_eig_options(spectrum, precision))
     return jax.vmap(lambda p, key, pr, e: _finish(p, anchor, key, train, test, hess, pr, e, spectrum, probes,
                                                   precision))(params, keys, pre, eig)
 
@@ -234,7 +238,7 @@ class Programs:
             )(states, lams)
 
         def analyze_all(params, anchor, lams, keys, train, test, hess, probes, warm_previous, warm_stored, source,
-                        previous_ok):
+                        previous_ok, live):
             # source per member: 0 cold, 1 the previous batch's same member, 2 vectors from the store
             # the store keeps eigenvectors in float32: a float64 sweep rounds its device copy the same way,
             # so a resumed λ (vectors from the store) starts exactly as an uninterrupted one
@@ -242,7 +246,7 @@ class Programs:
             warm_previous = warm_previous.astype(jnp.float32).astype(warm_previous.dtype)
             warm = jnp.where((source == 2)[:, None, None], warm_stored, warm_previous)
             return analyze_batch(params, anchor, lams, keys, train, test, hess, spec, probes=probes,
-                                 precision=precision, warm_start=warm, use_warm=use)
+                                 precision=precision, warm_start=warm, use_warm=use, solve=live)
 
         def healthy(states, analysis):  # what the writer calls not diverged, decided on the device
             finite = jnp.isfinite(analysis.train_loss) & jnp.all(jnp.isfinite(analysis.weights), axis=1)
@@ -251,7 +255,22 @@ class Programs:
         split = self.split
         self.init = jax.jit(init, out_shardings=split)
         self.epoch = jax.jit(epoch, out_shardings=split, donate_argnums=0)
-        self.analyze = jax.jit(analyze_all, out_shardings=split)
+        # members are independent: each device solves its own rows in its own loops (no lockstep
+        # across devices, and a member's operator is sliced only on the device that holds it)
+        lam, rep = P("lam"), P()
+        local = jax.shard_map(analyze_all, mesh=mesh, in_specs=(lam, rep, lam, lam, rep, rep, rep, rep, lam, lam, lam,
+                                                                lam, lam), out_specs=lam, check_vma=False)
+
+        def analyze(params, anchor, lams, keys, train, test, hess, probes, warm_previous, warm_stored, source,
+                    previous_ok, fill):
+            # fill[i]: the member that member i repeats (i itself for a live one); an idle member is not
+            # solved, and takes its eigenpairs from the member it repeats (the next batch may start from them)
+            live = fill == jnp.arange(fill.shape[0], dtype=fill.dtype)
+            out = local(params, anchor, lams, keys, train, test, hess, probes, warm_previous, warm_stored, source,
+                        previous_ok, live)
+            return out._replace(eig=jax.tree_util.tree_map(lambda a: a[fill], out.eig))
+
+        self.analyze = jax.jit(analyze, out_shardings=split)
         self.healthy = jax.jit(healthy, out_shardings=split)
 
     def compilations(self) -> dict[str, int]:

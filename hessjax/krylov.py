@@ -19,14 +19,13 @@ from .operators import apply_operator, as_int, check_operator
 
 Array = jax.Array
 
-__all__ = ["CHECK_EVERY", "LOCAL_ROWS", "LanczosDecomp", "check_num_iters", "check_start", "default_num_iters", "coupling", "extend", "first_pass",
-           "lanczos_tridiag", "needs_second", "random_orthogonal", "ritz", "second_pass", "start_vector",
+__all__ = ["CHECK_EVERY", "LanczosDecomp", "check_num_iters", "check_param_axes", "check_start", "check_warm", "default_num_iters", "coupling", "extend", "first_pass",
+           "lanczos_tridiag", "member_products", "needs_second", "random_orthogonal", "ritz", "second_pass", "start_vector",
            "step_orthogonalize", "unit"]
 
 _BREAKDOWN_RATIO = 0.5  # the second Gram–Schmidt pass may remove at most this fraction of ‖w‖
 _DGKS_RATIO = 1 / math.sqrt(2)  # a second pass when the first left less than this fraction
 CHECK_EVERY = 2  # columns between convergence checks inside a pass
-LOCAL_ROWS = 10  # the static window of rows ending at q_j that the local step reads (it uses two)
 
 
 class LanczosDecomp(NamedTuple):
@@ -57,6 +56,45 @@ def check_start(matvec, v0, params, key):
     if key is None:
         key = jax.random.key(0)
     return v0, params, key
+
+
+def check_param_axes(param_axes, params: tuple, batch: int) -> tuple:
+    """``param_axes`` of a batched solve: ``0`` or ``None`` per parameter, ``0`` only over arrays with a leading ``B``."""
+    axes = tuple(param_axes)
+    if len(axes) != len(params) or any(a not in (0, None) for a in axes):
+        raise ValueError(f"param_axes must give 0 (per member) or None (shared) for each of the {len(params)} "
+                         f"params, got {param_axes!r}")
+    for i, (a, p) in enumerate(zip(axes, params)):
+        if a == 0 and any(jnp.ndim(x) < 1 or jnp.shape(x)[0] != batch for x in jax.tree_util.tree_leaves(p)):
+            raise ValueError(f"params[{i}] is per member (param_axes 0), so each of its arrays needs a leading "
+                             f"axis of length B={batch}")
+    return axes
+
+
+def check_warm(warm: Array, v0: Array) -> Array:
+    """``warm_start`` ``[B, g, P]`` of a batch ``v0`` ``[B, P]``, checked."""
+    if warm.ndim != 3 or warm.shape[0] != v0.shape[0] or warm.shape[2] != v0.shape[1] or warm.shape[1] < 1:
+        raise ValueError(f"warm_start must hold at least one vector of length P={v0.shape[1]} per member "
+                         f"([B, g, P] with B={v0.shape[0]}), got shape {warm.shape}")
+    if not jnp.issubdtype(warm.dtype, jnp.floating):
+        raise ValueError(f"warm_start must be real floating point, got {warm.dtype}")
+    return warm
+
+
+def member_products(matvec_batch, params: tuple, param_axes: tuple, q: Array, active: Array) -> Array:
+    """``A_b q_b`` for the members ``b`` where ``active`` (``[B]``), one after another, each as a batch
+    of one (its rows of the per-member ``params``, ``param_axes`` 0, sliced out), and zero rows for the
+    others: the batch executes only its active members' products."""
+    order = jnp.argsort(~active, stable=True)  # the active members first, in member order
+
+    def one(i, out):
+        b = order[i]
+        member = tuple(p if ax is None else jax.tree_util.tree_map(lambda a: lax.dynamic_slice_in_dim(a, b, 1, 0), p)
+                       for p, ax in zip(params, param_axes))
+        row = matvec_batch(lax.dynamic_slice_in_dim(q, b, 1, 0), *member)
+        return lax.dynamic_update_slice_in_dim(out, row.astype(out.dtype), b, 0)
+
+    return lax.fori_loop(0, jnp.sum(active, dtype=jnp.int32), one, jnp.zeros_like(q))
 
 
 def check_num_iters(num_iters, k: int, dim: int) -> int:
@@ -110,25 +148,26 @@ def first_pass(w0: Array, basis: Array, j, mask: Array, precision):
     """Orthogonalise ``w0 = A q_j`` locally and by one full Gram–Schmidt pass over the filled rows.
 
     First the projections on ``q_{j−1}`` and ``q_j`` (in exact arithmetic all that the three-term
-    recurrence needs, two dot products, read from a static window of ``LOCAL_ROWS`` rows ending at
-    ``q_j``), then one classical Gram–Schmidt pass over every filled row. Returns
-    ``(w₁, h, ‖w‖, ‖w₁‖)``: the vector, the coefficients ``Q w0`` so far (zero outside the mask) and
-    the norms before and after the full pass, from which the Daniel–Gragg–Kaufman–Stewart test
-    decides whether a second pass is needed (:func:`needs_second`).
+    recurrence needs: two rows read, two dot products), then one classical Gram–Schmidt pass over
+    every filled row. Returns ``(w₁, h, ‖w‖, ‖w₁‖)``: the vector, the coefficients ``Q w0`` so far
+    (zero outside the mask) and the norms before and after the full pass, from which the
+    Daniel–Gragg–Kaufman–Stewart test decides whether a second pass is needed (:func:`needs_second`).
     """
     dtype = w0.dtype
     n_rows = basis.shape[0]
-    width = min(n_rows, LOCAL_ROWS)
-    first = jnp.clip(j - (width - 1), 0, n_rows - width)
-    idx = first + jnp.arange(width)
-    near = lax.dynamic_slice(basis, (first, jnp.zeros_like(first)), (width, basis.shape[1]))
-    local = ((idx <= j) & (idx >= j - 1)).astype(dtype)
-    c = jnp.matmul(near, w0, precision=precision) * local
-    w = w0 - jnp.matmul(c, near, precision=precision)
-    h0 = jnp.zeros((n_rows,), dtype).at[idx].add(c)
+    prev = jnp.maximum(j - 1, 0)
+    q_prev, q_j = _row(basis, prev), _row(basis, j)
+    c_prev = jnp.where(j >= 1, jnp.vdot(q_prev, w0, precision=precision), 0).astype(dtype)
+    c_j = jnp.vdot(q_j, w0, precision=precision).astype(dtype)
+    w = w0 - c_prev * q_prev - c_j * q_j
+    h0 = jnp.zeros((n_rows,), dtype).at[prev].add(c_prev).at[j].add(c_j)
     h1 = jnp.matmul(basis, w, precision=precision) * mask
     w1 = w - jnp.matmul(h1, basis, precision=precision)
     return w1, h0 + h1, jnp.linalg.norm(w), jnp.linalg.norm(w1)
+
+
+def _row(a: Array, i) -> Array:
+    return lax.dynamic_index_in_dim(a, i, keepdims=False)
 
 
 def needs_second(n0, n1):

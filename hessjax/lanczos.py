@@ -97,8 +97,9 @@ loop, each Lanczos pass, the breakdown, exit, probe and fallback logic) runs ins
 condition and branch is decided once for the batch (``any`` over members), a member that has stopped
 only stops writing (row-sized selects, never basis-sized ones), the second Gram–Schmidt pass runs
 only where a member needs it, and a random vector is drawn only when a member starts a probe or meets an invariant
-subspace. Members run in lockstep: the batch executes its slowest member's products for every member.
-``vmap`` of :func:`top_k_eigenpairs` also works, but evaluates every branch for every member.
+subspace. The loops run until the slowest member is done; with ``param_axes`` a member's operator
+is applied only while it extends (the batch executes the sum of its members' products), without it
+the whole batch's at every step. ``vmap`` of :func:`top_k_eigenpairs` also works, but evaluates every branch for every member.
 """
 
 from __future__ import annotations
@@ -111,9 +112,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from .krylov import (CHECK_EVERY, LanczosDecomp, check_num_iters, check_start, coupling,
-                     default_num_iters, first_pass, lanczos_tridiag, needs_second, random_orthogonal, ritz,
-                     second_pass, start_vector)
+from .krylov import (CHECK_EVERY, LanczosDecomp, check_num_iters, check_param_axes, check_start, check_warm,
+                     coupling, default_num_iters, first_pass, lanczos_tridiag, member_products, needs_second,
+                     random_orthogonal, ritz, second_pass, start_vector)
 from .operators import apply_operator, as_int, check_operator
 
 Array = jax.Array
@@ -141,6 +142,7 @@ class EigResult(NamedTuple):
     num_restarts: Array  # [] int32, restarts after the first pass (probes and a cold fallback included)
     scale: Array  # [] the convergence scale max(|θ_1|, |θ_min|) of the basis (θ_min its lowest Ritz value)
     warm: Array  # [] bool, the result comes from the warm start (False: cold start, or the warm one fell back)
+    batch_matvecs: Array  # [] int32, operator applications its batch executed for all its members (alone: its own)
 
 
 class _State(NamedTuple):
@@ -162,6 +164,7 @@ class _State(NamedTuple):
     tries: Array  # [] int32, restarts since the last start
     num_matvecs: Array  # [] int32
     num_restarts: Array  # [] int32, passes after the first (probes and a cold restart included)
+    executed: Array  # [] int32, products the whole batch executed (the same in every member's carry)
     done: Array  # [] bool
     out_theta: Array  # [k] the certified result, set aside when the member is done
     out_vectors: Array  # [k, P]
@@ -229,7 +232,8 @@ def top_k_eigenpairs(matvec: Callable, v0: Array, k: int, num_iters: int | None 
 def top_k_eigenpairs_batched(matvec_batch: Callable, v0: Array, k: int, num_iters: int | None = None, *,
                              params=(), tol=1e-5, max_restarts: int = DEFAULT_MAX_RESTARTS, keys=None,
                              precision=lax.Precision.HIGHEST, multiplicity_check: bool = True,
-                             warm_start: Array | None = None, use_warm: Array | None = None) -> EigResult:
+                             warm_start: Array | None = None, use_warm: Array | None = None,
+                             param_axes: tuple | None = None, solve: Array | None = None) -> EigResult:
     r""":func:`top_k_eigenpairs` of ``B`` independent symmetric operators at once, without ``vmap``.
 
     ``matvec_batch(V, *params) -> [B, P]`` applies member ``b``'s operator to row ``b`` of ``V``
@@ -243,7 +247,16 @@ def top_k_eigenpairs_batched(matvec_batch: Callable, v0: Array, k: int, num_iter
     rather than ``vmap(top_k_eigenpairs)`` for a batch: under ``vmap`` every data-dependent branch of
     the solver runs for every member and whole bases are selected at every step, while here the batch
     decides each branch once (``any`` over members) and a stopped member only stops writing.
-    ``num_matvecs`` counts each member's own products; the batch executes the maximum of them.
+    ``num_matvecs`` counts each member's own products, ``batch_matvecs`` those the batch executed.
+
+    ``param_axes`` says which ``params`` hold the members' leading axis (``0``) and which are shared
+    (``None``), as ``vmap``'s ``in_axes``. Given, each step applies ``matvec_batch`` to the members
+    still extending only, one member at a time (a batch of one, its rows of the batched ``params``
+    sliced out): the batch executes the sum of its members' products, and a member that has stopped
+    costs the others no product. ``None``: ``matvec_batch`` is applied to the whole batch at every
+    step, so the batch executes ``B`` times its slowest member's products. ``solve`` ``[B]`` bool
+    (default all): the members to solve; the others are done from the start, with zero results and
+    no products of their own (e.g. the idle members that pad a batch).
     """
     v0 = jnp.asarray(v0)
     if v0.ndim != 2 or v0.shape[0] < 1 or v0.shape[1] < 1:
@@ -251,6 +264,8 @@ def top_k_eigenpairs_batched(matvec_batch: Callable, v0: Array, k: int, num_iter
     if not jnp.issubdtype(v0.dtype, jnp.floating):
         raise ValueError(f"v0 must have a real floating dtype (the working dtype), got {v0.dtype}")
     params = check_operator(matvec_batch, params)
+    if param_axes is not None:
+        param_axes = check_param_axes(param_axes, params, v0.shape[0])
     dim = v0.shape[1]
     k = as_int("k", k)
     if not 1 <= k < dim:
@@ -261,23 +276,19 @@ def top_k_eigenpairs_batched(matvec_batch: Callable, v0: Array, k: int, num_iter
         raise ValueError(f"tol={tol!r} must be a finite number >= 0")
     if keys is None:
         keys = jnp.stack([jax.random.key(0)] * v0.shape[0])
-    warm = None if warm_start is None else _check_warm(jnp.asarray(warm_start), v0)
+    warm = None if warm_start is None else check_warm(jnp.asarray(warm_start), v0)
     if warm is not None:
         use_warm = jnp.ones(v0.shape[:1], jnp.bool_) if use_warm is None else jnp.asarray(use_warm, jnp.bool_)
         if use_warm.shape != v0.shape[:1]:
             raise ValueError(f"use_warm must have shape {v0.shape[:1]}, got {use_warm.shape}")
+    if solve is not None:
+        solve = jnp.asarray(solve, jnp.bool_)
+        if solve.shape != v0.shape[:1]:
+            raise ValueError(f"solve must have shape {v0.shape[:1]}, got {solve.shape}")
     sizes = _Sizes.of(k, m, dim, bool(multiplicity_check), max_restarts)
-    solver = _Solver(matvec_batch, params, sizes, jnp.asarray(tol, v0.dtype), max_restarts, precision, keys, v0)
-    return solver.solve(warm, use_warm)
-
-
-def _check_warm(warm: Array, v0: Array) -> Array:
-    if warm.ndim != 3 or warm.shape[0] != v0.shape[0] or warm.shape[2] != v0.shape[1] or warm.shape[1] < 1:
-        raise ValueError(f"warm_start must hold at least one vector of length P={v0.shape[1]} per member "
-                         f"([B, g, P] with B={v0.shape[0]}), got shape {warm.shape}")
-    if not jnp.issubdtype(warm.dtype, jnp.floating):
-        raise ValueError(f"warm_start must be real floating point, got {warm.dtype}")
-    return warm
+    solver = _Solver(matvec_batch, params, sizes, jnp.asarray(tol, v0.dtype), max_restarts, precision, keys, v0,
+                     param_axes)
+    return solver.solve(warm, use_warm, solve)
 
 
 def probe_steps(k: int, m: int) -> int:
@@ -329,6 +340,7 @@ class _Pass(NamedTuple):
     proj: Array  # [B, R, R]
     anorm: Array  # [B]
     num_matvecs: Array  # [B] int32, also the salt of the member's invariant-subspace random vectors
+    executed: Array  # [B] int32, the batch's products so far (the same in every row)
     active: Array  # [B] bool, still extending
 
 
@@ -347,7 +359,8 @@ class _Solver:
     branches evaluates every branch for every member and selects over whole ``[B, m + 1, P]`` bases
     at every step. Here every loop condition and branch is decided for the whole batch (``any``
     over members), members that have stopped only stop writing (row-sized selects, never
-    basis-sized ones), the second Gram–Schmidt pass runs only when a member needs it, a random
+    basis-sized ones) and, with ``param_axes``, get no product, the second Gram–Schmidt pass runs
+    only when a member needs it, a random
     vector is drawn only when a member meets an invariant subspace or starts a probe, and Ritz
     values are computed only when some member is at a check point. A member's numbers do not depend on the
     others'.
@@ -361,8 +374,10 @@ class _Solver:
     result; the batch stops when every member is done.
     """
 
-    def __init__(self, matvec_batch, params, sizes: _Sizes, tol, max_restarts: int, precision, keys, cold_v0):
+    def __init__(self, matvec_batch, params, sizes: _Sizes, tol, max_restarts: int, precision, keys, cold_v0,
+                 param_axes=None):
         self.matvec, self.params, self.sz, self.tol = matvec_batch, params, sizes, tol
+        self.param_axes = param_axes
         self.max_restarts, self.precision = max_restarts, precision
         fold = jax.vmap(jax.random.fold_in, in_axes=(0, None))
         self.key_start, self.key_invariant, self.key_probe = (fold(keys, i) for i in range(3))
@@ -374,7 +389,7 @@ class _Solver:
     def pad(self, s):  # [m, c] -> [n_rows, c], a zero row for the residual
         return jnp.zeros((self.sz.n_rows, s.shape[1]), s.dtype).at[:self.sz.m].set(s)
 
-    def initial_state(self, warm_vectors, use_warm) -> _State:
+    def initial_state(self, warm_vectors, use_warm, solve=None) -> _State:
         sz, dtype = self.sz, self.cold.dtype
         n, dim = self.cold.shape
         if warm_vectors is None:
@@ -390,7 +405,9 @@ class _Solver:
             basis=basis0, products=jnp.zeros_like(basis0), proj=z(sz.n_rows, sz.n_rows), theta=z(sz.m),
             ritz=z(sz.m, sz.m), ref=z(sz.k), anorm=z(), filled=z(dt=jnp.int32), action=z(dt=jnp.int32) + _START,
             verified=z(dt=jnp.bool_), warm=use_warm, probes=z(dt=jnp.int32), tries=z(dt=jnp.int32),
-            num_matvecs=z(dt=jnp.int32), num_restarts=z(dt=jnp.int32), done=z(dt=jnp.bool_), out_theta=z(sz.k),
+            num_matvecs=z(dt=jnp.int32), num_restarts=z(dt=jnp.int32), executed=z(dt=jnp.int32),
+            done=z(dt=jnp.bool_) if solve is None else ~solve,
+            out_theta=z(sz.k),
             out_vectors=z(sz.k, dim), out_residuals=z(sz.k), out_scale=z(), out_converged=z(sz.k, dt=jnp.bool_),
             out_warm=z(dt=jnp.bool_))
 
@@ -451,6 +468,13 @@ class _Solver:
 
     # -- one pass ---------------------------------------------------------------------------------
 
+    def products_of(self, q, active):
+        """``A_b q_b`` for every member ``b``: the whole batch in one call, or, with ``param_axes``,
+        only the active members' (:func:`hessjax.krylov.member_products`)."""
+        if self.param_axes is None:
+            return self.matvec(q, *self.params)
+        return member_products(self.matvec, self.params, self.param_axes, q, active)
+
     def estimates(self, proj, n, s):
         """``|bᵀ s_i|`` of the top k: the recurrence's residual estimates (exact up to rounding)."""
         b = coupling(proj, self.sz.m, n)
@@ -468,7 +492,7 @@ class _Solver:
         eps = jnp.finfo(dtype).eps
         rows = jnp.arange(sz.n_rows)
         q = jax.vmap(_get_row)(c.basis, c.j)
-        w0 = self.matvec(q, *self.params).astype(dtype)  # [B, P]
+        w0 = self.products_of(q, c.active).astype(dtype)  # [B, P]
         mask = (rows[None, :] < (c.j + 1)[:, None]).astype(dtype)  # the filled rows
         w, h, n0, n1 = jax.vmap(functools.partial(first_pass, precision=prec))(w0, c.basis, c.j, mask)
         need = c.active & needs_second(n0, n1)
@@ -502,11 +526,12 @@ class _Solver:
         n = c.j + c.active.astype(jnp.int32)
         due = c.active & (n >= min_fill) & ((n - j0) % CHECK_EVERY == 0) & (n < end)
         halt = lax.cond(jnp.any(due), lambda: due & jax.vmap(self.stop)(proj, n), lambda: jnp.zeros_like(due))
-        return _Pass(n, basis, products, proj, anorm, c.num_matvecs + c.active.astype(jnp.int32),
+        ran = jnp.sum(c.active, dtype=jnp.int32) if self.param_axes is not None else jnp.int32(c.active.shape[0])
+        return _Pass(n, basis, products, proj, anorm, c.num_matvecs + c.active.astype(jnp.int32), c.executed + ran,
                      c.active & ~halt & (n < end))
 
     def run_pass(self, st, basis, products, proj, j0, min_fill, end) -> _Pass:
-        init = _Pass(j0, basis, products, proj, st.anorm, st.num_matvecs, ~st.done & (j0 < end))
+        init = _Pass(j0, basis, products, proj, st.anorm, st.num_matvecs, st.executed, ~st.done & (j0 < end))
         return lax.while_loop(lambda c: jnp.any(c.active), lambda c: self.step(c, j0, min_fill, end), init)
 
     # -- certificate and decision (per member) ------------------------------------------------------
@@ -554,7 +579,7 @@ class _Solver:
             c.basis, c.products, c.proj, theta, s, ref, c.anorm, c.j, action.astype(jnp.int32),
             keep_old(st.verified, verified & ~cold), st.warm & ~cold, jnp.where(cold, 0, probes),
             jnp.where(cold, 0, tries), c.num_matvecs, keep_old(st.num_restarts, st.num_restarts + (st.action != _START).astype(jnp.int32)),
-            st.done | finish, pick(st.out_theta, cert.theta), pick(st.out_vectors, cert.vectors),
+            c.executed, st.done | finish, pick(st.out_theta, cert.theta), pick(st.out_vectors, cert.vectors),
             pick(st.out_residuals, cert.residuals), pick(st.out_scale, cert.scale),
             pick(st.out_converged, cert.converged), pick(st.out_warm, st.warm))
 
@@ -563,7 +588,8 @@ class _Solver:
         c = self.run_pass(st, basis, products, proj, j0, min_fill, end)
         return jax.vmap(self.decide)(st, c, ref)
 
-    def solve(self, warm_vectors=None, use_warm=None) -> EigResult:
-        st = lax.while_loop(lambda st: jnp.any(~st.done), self.iterate, self.initial_state(warm_vectors, use_warm))
+    def solve(self, warm_vectors=None, use_warm=None, solve=None) -> EigResult:
+        st = lax.while_loop(lambda st: jnp.any(~st.done), self.iterate,
+                            self.initial_state(warm_vectors, use_warm, solve))
         return EigResult(st.out_theta, st.out_vectors, st.out_residuals, st.out_converged, st.num_matvecs,
-                         st.num_restarts, st.out_scale, st.out_warm)
+                         st.num_restarts, st.out_scale, st.out_warm, st.executed)

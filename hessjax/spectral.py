@@ -239,4 +239,5 @@ def bottom_k_eigenpairs(matvec: Callable, v0: Array, k: int, num_iters: int | No
     residuals = jnp.linalg.norm(applied - mu[:, None] * vecs, axis=1)
     scale = jnp.abs(shift - mu[0])
     converged = residuals <= jnp.asarray(tol, dtype) * scale
-    return EigResult(mu, vecs, residuals, converged, res.num_matvecs + k, res.num_restarts, scale, res.warm)
+    return EigResult(mu, vecs, residuals, converged, res.num_matvecs + k, res.num_restarts, scale, res.warm,
+                     res.batch_matvecs + k)

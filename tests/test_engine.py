@@ -42,8 +42,8 @@ def problem():
                 probes=rep(engine.probe_key(0)), raw=(x, y, anchor))
 
 
-def _run(problem, lams):
-    p = problem["programs"]
+def _run(problem, lams, programs=None):
+    p = programs or problem["programs"]
     lam_arr = p.put_split(np.asarray(lams, np.float64))
     keys = p.put_split(engine.lambda_keys(0, lams))
     states = engine.train_batch(p, problem["start"], problem["anchor"], lam_arr, problem["x"], problem["y"],
@@ -52,7 +52,8 @@ def _run(problem, lams):
     n = len(lams)
     none = p.put_split(np.zeros((n, 3, _NUM_PARAMS), np.float64))  # cold starts: no warm vectors
     analysis = p.analyze(states.best_params, problem["anchor"], lam_arr, keys, c, c, c, problem["probes"], none, none,
-                         p.put_split(np.zeros(n, np.int32)), p.put_split(np.zeros(n, bool)))
+                         p.put_split(np.zeros(n, np.int32)), p.put_split(np.zeros(n, bool)),
+                         p.put_split(np.arange(n, dtype=np.int32)))
     return jax.device_get(states), jax.device_get(analysis)
 
 
@@ -100,3 +101,19 @@ def test_programs_compile_once_per_batch_shape(problem):
     before = problem["programs"].compilations()
     _run(problem, [0.05, 0.15, 0.25])
     assert problem["programs"].compilations() == before
+
+
+def test_member_products_and_lockstep_give_the_same_results(problem):
+    """By default a member's Hessian is applied only while it extends (the batch executes the sum of
+    its members' products); ``member_products=False`` applies the whole batch's at every step until
+    its slowest member is done. Same algorithm, same numbers; only what the batch executed differs."""
+    base = problem["programs"]
+    lockstep = engine.Programs(base.mesh, base.train_config, base.spectrum._replace(member_products=False))
+    _, member = _run(problem, LAMS[:2])
+    _, locked = _run(problem, LAMS[:2], lockstep)
+    own = [int(n) for n in member.eig.num_matvecs]
+    assert [int(n) for n in locked.eig.num_matvecs] == own and own[0] != own[1]
+    assert [int(n) for n in member.eig.batch_matvecs] == [sum(own)] * 2
+    assert all(int(n) >= 2 * max(own) for n in locked.eig.batch_matvecs)
+    np.testing.assert_allclose(member.eig.eigenvalues, locked.eig.eigenvalues, rtol=1e-12)
+    np.testing.assert_array_equal(member.eig.converged, locked.eig.converged)

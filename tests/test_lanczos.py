@@ -268,3 +268,60 @@ def test_bad_arguments_raise():
         top_k_eigenpairs(lambda v: v[:5], v0, 1)
     with pytest.raises(ValueError, match="num_iters=0"):
         lanczos_tridiag(_dense_matvec, v0, 0, params=(a,))
+
+
+def test_a_batch_applies_each_members_operator_only_while_it_extends():
+    """Three members that need very different numbers of products (a well separated top, a crowded
+    one, a crowded one in a small basis): with ``param_axes`` each member's operator is applied only
+    while it extends — the products the batch executed, counted at the operator, are the sum of the
+    members' own — and each member's result is what it gets alone; without, every member's operator
+    runs until the slowest member is done."""
+    from hessjax.lanczos import top_k_eigenpairs_batched
+
+    dim, k = 120, 4
+    rng = np.random.default_rng(3)
+    tops = [np.array([10.0, 8, 6, 4]), 1.0 - 0.002 * np.arange(4), 1.0 - 0.004 * np.arange(4)]
+    mats = np.stack([_operator(np.concatenate([t, rng.uniform(-1, 0.9 * t[-1], dim - k)]), seed=i)
+                     for i, t in enumerate(tops)])
+    v0 = jnp.asarray(rng.standard_normal((3, dim)))
+    keys = jnp.stack([jax.random.key(i) for i in range(3)])
+    applied = []
+
+    def matvec(v, a):  # [b, P] rows of the members the solver asks for
+        jax.debug.callback(lambda n: applied.append(int(n)), v.shape[0])
+        return jnp.einsum("bij,bj->bi", a, v)
+
+    def solve(axes, which=None):
+        applied.clear()
+        res = jax.jit(lambda v, a: top_k_eigenpairs_batched(matvec, v, k, 16, params=(a,), tol=1e-10, keys=keys,
+                                                            param_axes=axes, solve=which))(v0, jnp.asarray(mats))
+        jax.block_until_ready(res)
+        jax.effects_barrier()
+        return res, sum(applied)
+
+    lockstep, executed_lockstep = solve(None)
+    member, executed_member = solve((0,))
+    own = [int(n) for n in member.num_matvecs]
+    assert len(set(own)) == 3  # the members do need different numbers of products
+    assert executed_member == sum(own)
+    assert [int(n) for n in member.batch_matvecs] == [executed_member] * 3
+    # lockstep: every member's operator at every step of the batch (its passes end with the slowest)
+    assert executed_lockstep >= 3 * max(own) > executed_member
+    assert [int(n) for n in lockstep.batch_matvecs] == [executed_lockstep] * 3
+    assert [int(n) for n in lockstep.num_matvecs] == own
+    for i in range(3):
+        alone = _solve(v0[i], jnp.asarray(mats[i]), keys[i], k=k, num_iters=16, tol=1e-10)
+        evals = np.linalg.eigvalsh(mats[i])[::-1][:k]
+        assert bool(np.all(member.converged[i]))
+        np.testing.assert_allclose(np.asarray(member.eigenvalues[i]), evals, atol=1e-12)
+        np.testing.assert_allclose(np.asarray(member.eigenvalues[i]), np.asarray(alone.eigenvalues), atol=1e-13)
+        assert int(alone.num_matvecs) == own[i]
+    # a member left out (an idle member padding a batch) is done from the start: no products, zeros
+    partial, executed_partial = solve((0,), jnp.asarray([True, False, True]))
+    assert executed_partial == own[0] + own[2] and int(partial.num_matvecs[1]) == 0
+    assert not np.any(np.asarray(partial.eigenvalues[1])) and not np.any(np.asarray(partial.converged[1]))
+    np.testing.assert_array_equal(np.asarray(partial.eigenvalues[::2]), np.asarray(member.eigenvalues[::2]))
+    with pytest.raises(ValueError, match="param_axes"):
+        top_k_eigenpairs_batched(matvec, v0, k, params=(jnp.asarray(mats),), param_axes=(0, None))
+    with pytest.raises(ValueError, match="leading axis"):
+        top_k_eigenpairs_batched(matvec, v0, k, params=(jnp.asarray(mats[:2]),), param_axes=(0,))

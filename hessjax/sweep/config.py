@@ -62,6 +62,7 @@ class SweepConfig:
     bottom_k: int = 0
     # scale
     lambda_batch: int | None = None
+    member_products: bool = True  # a batch applies each member's Hessian only while that member extends
     distributed: bool = False
     coordinator: str | None = None  # jax.distributed's coordinator address HOST:PORT (default: detected)
     num_processes: int | None = None
@@ -78,7 +79,7 @@ class SweepConfig:
         them (the grid, the batching and the output knobs are free to change)."""
         free = {"lambdas", "out", "overwrite", "quiet", "dry_run", "lambda_batch", "distributed", "eigenvectors",
                 "coordinator", "num_processes", "process_id", "seeds", "refine", "refine_budget",
-                "refine_resolution", "refine_threshold", "shard", "overlap_writes"}
+                "refine_resolution", "refine_threshold", "shard", "overlap_writes", "member_products"}
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in free}
 
 
@@ -206,6 +207,11 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("scale")
     g.add_argument("--lambda-batch", type=_positive_int, default=None,
                    help="λ values per device in one compiled program (default: 1 on CPU, 8 on GPU/TPU)")
+    g.add_argument("--lockstep-products", dest="member_products", action="store_false",
+                   help="apply every member's Hessian at every Lanczos step, the device's whole λ batch in one "
+                        "call, until its slowest member is done; by default each member's product is computed only "
+                        "while it extends, one member after another, so a batch executes just what its members "
+                        "need (lockstep may pay on an accelerator where one member's product does not fill it)")
     g.add_argument("--shard", default=None,
                    help="I/N: be worker I (0-based) of N independent workers, each taking its contiguous part of "
                         "the grid into the same --out; 'slurm' takes I and N from SLURM_ARRAY_TASK_ID/_MIN/_COUNT")

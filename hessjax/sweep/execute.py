@@ -71,7 +71,7 @@ class Compute:
         spectrum = engine.SpectrumConfig(config.k, config.lanczos_iters, config.tol, config.max_restarts,
                                          config.trace_probes if config.trace else 0,
                                          config.density_probes if config.density else 0, config.density_iters,
-                                         config.bottom_k, config.multiplicity_check)
+                                         config.bottom_k, config.multiplicity_check, config.member_products)
         self.programs = engine.Programs(engine.lambda_mesh(devices), train_cfg, spectrum,
                                         precision=_precision(config.precision))
         self.global_batch = per_device * len(devices)
@@ -108,8 +108,9 @@ class Compute:
         arrays, still computing.
 
         ``slots`` has one :class:`hessjax.sweep.plan.Slot` (or ``None``: nothing to do) per member
-        of the global batch, or fewer; empty members repeat a live one, its start included, so they
-        cost the batch nothing extra (their results are dropped). ``previous`` is the batch before's
+        of the global batch, or fewer; empty members repeat a live one, its start included (their
+        training runs with the batch, their Lanczos does not: they take the eigenpairs of the member
+        they repeat, and their results are not written). ``previous`` is the batch before's
         ``(eigenvectors, healthy)`` on the devices, ``store`` the run's store (for ``"store"`` slots).
         """
         slots = list(slots) + [None] * (self.global_batch - len(slots))
@@ -131,7 +132,7 @@ class Compute:
         warm_stored = self._stored([s.neighbour if s.source == "store" else None for s in padded], store)
         analysis = p.analyze(states.best_params, self.anchor_dev, lam_arr, keys, self.train, self.test, self.hess,
                              self._probe_key(seed), warm_previous, warm_stored,
-                             p.put_split(source), previous_ok)
+                             p.put_split(source), previous_ok, p.put_split(np.asarray(fill, np.int32)))
         return states, analysis
 
     def _probe_key(self, seed: int):
@@ -236,12 +237,12 @@ def _write_job(ctx, store, slots, states, analysis, t0, report, progress):
         t_start = max(t0, report.get("last_done") or t0)
         report["last_done"] = t_done
         rows_s = engine.local_rows(states._replace(params=(), opt_state=(), best_params=()))
-        executed = int(max(int(rows_a[i].eig.num_matvecs) for i in rows_a)) if rows_a else 0
+        executed = {i: int(r.eig.batch_matvecs) for i, r in rows_a.items()}  # by the λ's device
         seconds = (t_done - t_start) / len(live)
         for i, slot in live:
             if i not in rows_a:
                 continue  # another process holds this λ and writes it
-            rec = write_lambda(ctx, store, slot.lam, rows_a[i], rows_s[i], seconds, executed, slot.neighbour)
+            rec = write_lambda(ctx, store, slot.lam, rows_a[i], rows_s[i], seconds, executed[i], slot.neighbour)
             report["finished"].append(slot.lam)
             if rec["diverged"]:
                 report["diverged"].append(slot.lam)
@@ -253,7 +254,7 @@ def _write_job(ctx, store, slots, states, analysis, t0, report, progress):
                                   "write_s": time.perf_counter() - t_done,
                                   "own_matvecs": [int(rows_a[i].eig.num_matvecs) for i, _ in live if i in rows_a],
                                   "warm": [bool(rows_a[i].eig.warm) for i, _ in live if i in rows_a],
-                                  "batch_matvecs": executed})
+                                  "batch_matvecs": [executed[i] for i, _ in live if i in rows_a]})
         progress.done(len(live), f"λ {results.lambda_label(lams[0])}…{results.lambda_label(lams[-1])} done "
                                  f"({seconds:.1f} s per λ)")
 
