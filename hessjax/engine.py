@@ -180,7 +180,8 @@ def analyze_batch(params: Params, anchor: Params, lams, keys, train: Chunks, tes
     eig = top_k_eigenpairs_batched(matvec, pre.v0, spectrum.k, spectrum.num_iters,
                                    params=(pre.lin, pre.unshifted, hess), keys=pre.k_restart,
                                    warm_start=warm_start, use_warm=use_warm,
-                                   param_axes=(0, 0, None) if spectrum.member_products else None, solve=solve,
+                                   param_axes=(0, 0, None) if spectrum.member_products and lams.shape[0] > 1 else None,
+                                   solve=solve,
                                    **_eig_options(spectrum, precision))
     return jax.vmap(lambda p, key, pr, e: _finish(p, anchor, key, train, test, hess, pr, e, spectrum, probes,
                                                   precision))(params, keys, pre, eig)
