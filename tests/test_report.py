@@ -58,6 +58,8 @@ def _check_png(path, fig=None):
     w, h = fig.get_size_inches() if fig is not None else sizes[path.stem]
     img = matplotlib.image.imread(path)
     assert img.shape[:2] == (round(120 * h), round(120 * w)), (path, img.shape)
+    drawn = np.mean(np.any(img[..., :3] < 0.85, axis=2))  # axes, text, data: not a blank canvas
+    assert drawn > 0.01, (path, drawn)
 
 
 def _store_arrays(run):
@@ -396,6 +398,7 @@ def test_csv_only_directory_gives_the_same_report(run, rendered, tmp_path):
     for name in PLOTS:
         _check_png(result.directory / f"{name}.png")
     assert result.derived["mu_source"] == "written"  # from the certificates CSV
+    assert result.derived["n_params"] == rendered[0].derived["n_params"] > 0  # P from the gradient files
     ref = pd.read_csv(rendered[0].directory / "derived.csv")
     got = pd.read_csv(result.directory / "derived.csv")
     assert list(got.columns) == list(ref.columns)

@@ -319,7 +319,21 @@ def _load_files(out: Path, run_id: str) -> SweepData:
     extras = _read_bottom(out, run_id, labels)
     extras.update(_read_density(out, run_id, labels, lams))
     total = len(set(lams.tolist()) | set(on_disk))
-    return SweepData(run_id, "csv", lams, metrics, eigenvalues, total, None, extras, reader, **certificates)
+    return SweepData(run_id, "csv", lams, metrics, eigenvalues, total, _num_params(out, run_id, labels), extras, reader,
+                     **certificates)
+
+
+def _num_params(out: Path, run_id: str, labels) -> int | None:
+    """P from the first λ with a gradient file (a header and one row per parameter) or ``.npy`` eigenvectors."""
+    for label in labels:
+        grad = out / f"gradients-{run_id}-{label}.csv"
+        if grad.is_file():
+            with open(grad, "rb") as f:
+                return sum(1 for line in f if line.strip()) - 1
+        npy = out / f"Hessian-eigenvectors-{run_id}-{label}.npy"
+        if npy.is_file():
+            return int(np.load(npy, mmap_mode="r", allow_pickle=False).shape[0])
+    return None
 
 
 def _read_flagged_csv(path: Path) -> dict[str, np.ndarray] | None:
