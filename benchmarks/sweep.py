@@ -192,36 +192,28 @@ PROXY_VARIANTS = {  # name: (λ-batch, settings) of the (b) and (c) runs
 
 def proxies(args) -> int:
     """(a)–(d) of benchmarks/_proxies.py: before (synchronous writes; vmap of the single-member solver)
-    and now, printed as one table and written to --json."""
+    and now, printed as one table and written to --json after each proxy (complete: true at the end)."""
     import _proxies as X
+    import jax
+
+    asked = args.proxy_variants.split(",")
+    unknown = sorted(set(asked) - set(PROXY_VARIANTS))
+    if unknown:
+        raise SystemExit(f"error: unknown --proxy-variants {', '.join(unknown)} (known: {', '.join(PROXY_VARIANTS)})")
+    small = dict(lambdas="0:0.07:8", train_samples=2048, test_samples=2000, k=16, max_epochs=2, seed=0)
+    main_settings = dict(lambdas="0:0.1:6", train_samples=args.proxy_samples, k=30, lambda_batch=4, seed=0)
+    result = {"complete": False, "settings": {"b_c": small, "a": main_settings}, "machine": C.machine()}
+
+    def save(**parts):  # after each proxy, so that a run cut short (gpu.sh's time limit) keeps what it measured
+        stats = jax.devices()[0].memory_stats() or {}  # None on CPU
+        result.update(parts, peak_device_bytes=stats.get("peak_bytes_in_use"))
+        C.write_json(args.json, result)
 
     print(f"accelerator proxies on {C.cpu_model()}, load {C.load()}", flush=True)
     d = X.basis_selects()
     print(f"(d) basis-sized select_n in the batched eigensolver: vmap of one solver {d['vmap_of_single_solver']}, "
           f"batched solver {d['batched_solver']}", flush=True)
-    small = dict(lambdas="0:0.07:8", train_samples=2048, test_samples=2000, k=16, max_epochs=2, seed=0)
-    asked = args.proxy_variants.split(",")
-    unknown = sorted(set(asked) - set(PROXY_VARIANTS))
-    if unknown:
-        raise SystemExit(f"error: unknown --proxy-variants {', '.join(unknown)} (known: {', '.join(PROXY_VARIANTS)})")
-    variants = {name: v for name, v in PROXY_VARIANTS.items() if name in asked}
-    per_lambda, products = {}, {}
-    for name, (batch, extra) in variants.items():
-        X.sweep_summary(**small, **extra, lambda_batch=batch)  # warm-up: compile (kept in the persistent cache)
-        summary = X.sweep_summary(**small, **extra, lambda_batch=batch)
-        per_lambda[name] = summary["wall_s"] / 8
-        products[name] = X.product_ratio(summary)
-        print(f"    {name}: {per_lambda[name]:.2f} s per λ, products executed ÷ needed "
-              f"{products[name]['executed']} / {products[name]['needed']} = {products[name]['ratio']:.3f}", flush=True)
-    ratio = lambda a, b: per_lambda[a] / per_lambda[b] if a in per_lambda and b in per_lambda else None  # noqa: E731
-    b, b_lockstep, b_cold = ratio("b8", "b1"), ratio("b8-lockstep", "b1"), ratio("b8-cold", "b1-cold")
-    show = lambda x, f=".2f": "—" if x is None else format(x, f)  # noqa: E731
-    print(f"(b) per-λ wall time, batch 8 ÷ batch 1: lockstep {show(b_lockstep)}, member products {show(b)} "
-          f"(both with cold starts: {show(b_cold)})", flush=True)
-    print(f"(c) products executed ÷ needed at batch 8: lockstep "
-          f"{show(products.get('b8-lockstep', {}).get('ratio'), '.3f')}, member products "
-          f"{show(products.get('b8', {}).get('ratio'), '.3f')}", flush=True)
-    main_settings = dict(lambdas="0:0.1:6", train_samples=args.proxy_samples, k=30, lambda_batch=4, seed=0)
+    save(d_basis_selects=d)
     blocked = {}
     for overlap in (False, True):
         summary = X.sweep_summary(**main_settings, overlap_writes=overlap)
@@ -230,14 +222,27 @@ def proxies(args) -> int:
               f"blocked of {blocked[overlap]['wall_s']:.1f} s", flush=True)
     print(f"(a) host-blocked fraction, λ-batch 4, {args.proxy_samples} samples: synchronous writes "
           f"{blocked[False]['fraction']:.3f}, overlapped {blocked[True]['fraction']:.3f}", flush=True)
-    import jax
-
-    stats = jax.devices()[0].memory_stats() or {}  # None on CPU
-    result = {"peak_device_bytes": stats.get("peak_bytes_in_use"), "d_basis_selects": d, "b_per_lambda_s": per_lambda, "b_ratio": b,
-              "b_ratio_lockstep": b_lockstep, "b_ratio_cold_starts": b_cold, "c_products": products,
-              "a_blocked": {"synchronous": blocked[False], "overlapped": blocked[True]},
-              "settings": {"b_c": small, "a": main_settings}, "machine": C.machine()}
-    C.write_json(args.json, result)
+    save(a_blocked={"synchronous": blocked[False], "overlapped": blocked[True]})
+    per_lambda, products = {}, {}
+    for name, (batch, extra) in PROXY_VARIANTS.items():
+        if name not in asked:
+            continue
+        X.sweep_summary(**small, **extra, lambda_batch=batch)  # warm-up: compile (kept in the persistent cache)
+        summary = X.sweep_summary(**small, **extra, lambda_batch=batch)
+        per_lambda[name] = summary["wall_s"] / 8
+        products[name] = X.product_ratio(summary)
+        print(f"    {name}: {per_lambda[name]:.2f} s per λ, products executed ÷ needed "
+              f"{products[name]['executed']} / {products[name]['needed']} = {products[name]['ratio']:.3f}", flush=True)
+        save(b_per_lambda_s=per_lambda, c_products=products)
+    ratio = lambda a, b: per_lambda[a] / per_lambda[b] if a in per_lambda and b in per_lambda else None  # noqa: E731
+    b, b_lockstep, b_cold = ratio("b8", "b1"), ratio("b8-lockstep", "b1"), ratio("b8-cold", "b1-cold")
+    show = lambda x, f=".2f": "—" if x is None else format(x, f)  # noqa: E731
+    print(f"(b) per-λ wall time, batch 8 ÷ batch 1: lockstep {show(b_lockstep)}, member products {show(b)} "
+          f"(both with cold starts: {show(b_cold)})", flush=True)
+    print(f"(c) products executed ÷ needed at batch 8: lockstep "
+          f"{show(products.get('b8-lockstep', {}).get('ratio'), '.3f')}, member products "
+          f"{show(products.get('b8', {}).get('ratio'), '.3f')}", flush=True)
+    save(b_ratio=b, b_ratio_lockstep=b_lockstep, b_ratio_cold_starts=b_cold, complete=True)
     return 0
 
 
