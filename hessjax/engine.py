@@ -167,12 +167,12 @@ def analyze(params: Params, anchor: Params, lam, key, train: Chunks, test: Chunk
 
 def analyze_batch(params: Params, anchor: Params, lams, keys, train: Chunks, test: Chunks, hess: Chunks,
                   spectrum: SpectrumConfig, *, probes=None, precision=DEFAULT_PRECISION, warm_start=None,
-                  use_warm=None, solve=None) -> Analysis:
+                  use_warm=None, live=None) -> Analysis:
     """:func:`analyze` for a batch of members (``params``, ``lams``, ``keys`` with a leading ``B``):
     the per-member parts under ``vmap``, the eigensolve by
     :func:`hessjax.lanczos.top_k_eigenpairs_batched`, whose branches are decided once per batch.
     ``warm_start`` ``[B, g, P]`` and ``use_warm`` ``[B]``: the members that start from the sum of
-    their warm vectors; ``solve`` ``[B]`` (default all): the members whose eigenpairs are wanted (the
+    their warm vectors; ``live`` ``[B]`` (default all): the members whose eigenpairs are wanted (the
     others get zeros and cost no product). Each member's result equals its :func:`analyze` alone."""
     pre = jax.vmap(lambda p, lam, key: _prepare(p, anchor, lam, key, train, hess, precision))(params, lams, keys)
     matvec = jax.vmap(functools.partial(linearized_flat_hessian_matvec, precision=precision),
@@ -181,7 +181,7 @@ def analyze_batch(params: Params, anchor: Params, lams, keys, train: Chunks, tes
                                    params=(pre.lin, pre.unshifted, hess), keys=pre.k_restart,
                                    warm_start=warm_start, use_warm=use_warm,
                                    param_axes=(0, 0, None) if spectrum.member_products and lams.shape[0] > 1 else None,
-                                   solve=solve,
+                                   live=live,
                                    **_eig_options(spectrum, precision))
     return jax.vmap(lambda p, key, pr, e: _finish(p, anchor, key, train, test, hess, pr, e, spectrum, probes,
                                                   precision))(params, keys, pre, eig)
@@ -247,7 +247,7 @@ class Programs:
             warm_previous = warm_previous.astype(jnp.float32).astype(warm_previous.dtype)
             warm = jnp.where((source == 2)[:, None, None], warm_stored, warm_previous)
             return analyze_batch(params, anchor, lams, keys, train, test, hess, spec, probes=probes,
-                                 precision=precision, warm_start=warm, use_warm=use, solve=live)
+                                 precision=precision, warm_start=warm, use_warm=use, live=live)
 
         def healthy(states, analysis):  # what the writer calls not diverged, decided on the device
             finite = jnp.isfinite(analysis.train_loss) & jnp.all(jnp.isfinite(analysis.weights), axis=1)

@@ -99,7 +99,8 @@ only stops writing (row-sized selects, never basis-sized ones), the second Gram�
 only where a member needs it, and a random vector is drawn only when a member starts a probe or meets an invariant
 subspace. The loops run until the slowest member is done; with ``param_axes`` a member's operator
 is applied only while it extends (the batch executes the sum of its members' products), without it
-the whole batch's at every step. ``vmap`` of :func:`top_k_eigenpairs` also works, but evaluates every branch for every member.
+the whole batch's at every step. ``vmap`` of :func:`top_k_eigenpairs` also works, but evaluates
+every branch for every member.
 """
 
 from __future__ import annotations
@@ -233,7 +234,7 @@ def top_k_eigenpairs_batched(matvec_batch: Callable, v0: Array, k: int, num_iter
                              params=(), tol=1e-5, max_restarts: int = DEFAULT_MAX_RESTARTS, keys=None,
                              precision=lax.Precision.HIGHEST, multiplicity_check: bool = True,
                              warm_start: Array | None = None, use_warm: Array | None = None,
-                             param_axes: tuple | None = None, solve: Array | None = None) -> EigResult:
+                             param_axes: tuple | None = None, live: Array | None = None) -> EigResult:
     r""":func:`top_k_eigenpairs` of ``B`` independent symmetric operators at once, without ``vmap``.
 
     ``matvec_batch(V, *params) -> [B, P]`` applies member ``b``'s operator to row ``b`` of ``V``
@@ -254,7 +255,8 @@ def top_k_eigenpairs_batched(matvec_batch: Callable, v0: Array, k: int, num_iter
     still extending only, one member at a time (a batch of one, its rows of the batched ``params``
     sliced out): the batch executes the sum of its members' products, and a member that has stopped
     costs the others no product. ``None``: ``matvec_batch`` is applied to the whole batch at every
-    step, so the batch executes ``B`` times its slowest member's products. ``solve`` ``[B]`` bool
+    step of the batch's loops, so the batch executes at least ``B`` times its slowest member's
+    products (more when the members' passes end at different columns). ``live`` ``[B]`` bool
     (default all): the members to solve; the others are done from the start, with zero results and
     no products of their own (e.g. the idle members that pad a batch).
     """
@@ -278,17 +280,20 @@ def top_k_eigenpairs_batched(matvec_batch: Callable, v0: Array, k: int, num_iter
         keys = jnp.stack([jax.random.key(0)] * v0.shape[0])
     warm = None if warm_start is None else check_warm(jnp.asarray(warm_start), v0)
     if warm is not None:
-        use_warm = jnp.ones(v0.shape[:1], jnp.bool_) if use_warm is None else jnp.asarray(use_warm, jnp.bool_)
-        if use_warm.shape != v0.shape[:1]:
-            raise ValueError(f"use_warm must have shape {v0.shape[:1]}, got {use_warm.shape}")
-    if solve is not None:
-        solve = jnp.asarray(solve, jnp.bool_)
-        if solve.shape != v0.shape[:1]:
-            raise ValueError(f"solve must have shape {v0.shape[:1]}, got {solve.shape}")
+        use_warm = _member_mask("use_warm", use_warm, v0)
+    live = None if live is None else _member_mask("live", live, v0)
     sizes = _Sizes.of(k, m, dim, bool(multiplicity_check), max_restarts)
     solver = _Solver(matvec_batch, params, sizes, jnp.asarray(tol, v0.dtype), max_restarts, precision, keys, v0,
                      param_axes)
-    return solver.solve(warm, use_warm, solve)
+    return solver.solve(warm, use_warm, live)
+
+
+def _member_mask(name: str, mask, v0: Array) -> Array:
+    """A ``[B]`` bool per member of the batch ``v0``; ``None``: all."""
+    mask = jnp.ones(v0.shape[:1], jnp.bool_) if mask is None else jnp.asarray(mask, jnp.bool_)
+    if mask.shape != v0.shape[:1]:
+        raise ValueError(f"{name} must have shape {v0.shape[:1]}, got {mask.shape}")
+    return mask
 
 
 def probe_steps(k: int, m: int) -> int:
@@ -360,10 +365,9 @@ class _Solver:
     at every step. Here every loop condition and branch is decided for the whole batch (``any``
     over members), members that have stopped only stop writing (row-sized selects, never
     basis-sized ones) and, with ``param_axes``, get no product, the second Gram–Schmidt pass runs
-    only when a member needs it, a random
-    vector is drawn only when a member meets an invariant subspace or starts a probe, and Ritz
-    values are computed only when some member is at a check point. A member's numbers do not depend on the
-    others'.
+    only when a member needs it, a random vector is drawn only when a member meets an invariant
+    subspace or starts a probe, and Ritz values are computed only when some member is at a check
+    point. A member's numbers do not depend on the others'.
 
     One iteration of the outer loop: begin a pass (the first start, a thick restart, a completeness
     probe or a cold restart after a failed warm start — one formula, :meth:`restart`), extend each
@@ -389,7 +393,7 @@ class _Solver:
     def pad(self, s):  # [m, c] -> [n_rows, c], a zero row for the residual
         return jnp.zeros((self.sz.n_rows, s.shape[1]), s.dtype).at[:self.sz.m].set(s)
 
-    def initial_state(self, warm_vectors, use_warm, solve=None) -> _State:
+    def initial_state(self, warm_vectors, use_warm, live=None) -> _State:
         sz, dtype = self.sz, self.cold.dtype
         n, dim = self.cold.shape
         if warm_vectors is None:
@@ -406,10 +410,8 @@ class _Solver:
             ritz=z(sz.m, sz.m), ref=z(sz.k), anorm=z(), filled=z(dt=jnp.int32), action=z(dt=jnp.int32) + _START,
             verified=z(dt=jnp.bool_), warm=use_warm, probes=z(dt=jnp.int32), tries=z(dt=jnp.int32),
             num_matvecs=z(dt=jnp.int32), num_restarts=z(dt=jnp.int32), executed=z(dt=jnp.int32),
-            done=z(dt=jnp.bool_) if solve is None else ~solve,
-            out_theta=z(sz.k),
-            out_vectors=z(sz.k, dim), out_residuals=z(sz.k), out_scale=z(), out_converged=z(sz.k, dt=jnp.bool_),
-            out_warm=z(dt=jnp.bool_))
+            done=z(dt=jnp.bool_) if live is None else ~live, out_theta=z(sz.k), out_vectors=z(sz.k, dim),
+            out_residuals=z(sz.k), out_scale=z(), out_converged=z(sz.k, dt=jnp.bool_), out_warm=z(dt=jnp.bool_))
 
     # -- beginning a pass (per member) ------------------------------------------------------------
 
@@ -578,8 +580,9 @@ class _Solver:
         return _State(
             c.basis, c.products, c.proj, theta, s, ref, c.anorm, c.j, action.astype(jnp.int32),
             keep_old(st.verified, verified & ~cold), st.warm & ~cold, jnp.where(cold, 0, probes),
-            jnp.where(cold, 0, tries), c.num_matvecs, keep_old(st.num_restarts, st.num_restarts + (st.action != _START).astype(jnp.int32)),
-            c.executed, st.done | finish, pick(st.out_theta, cert.theta), pick(st.out_vectors, cert.vectors),
+            jnp.where(cold, 0, tries), c.num_matvecs,
+            keep_old(st.num_restarts, st.num_restarts + (st.action != _START).astype(jnp.int32)), c.executed,
+            st.done | finish, pick(st.out_theta, cert.theta), pick(st.out_vectors, cert.vectors),
             pick(st.out_residuals, cert.residuals), pick(st.out_scale, cert.scale),
             pick(st.out_converged, cert.converged), pick(st.out_warm, st.warm))
 
@@ -588,8 +591,8 @@ class _Solver:
         c = self.run_pass(st, basis, products, proj, j0, min_fill, end)
         return jax.vmap(self.decide)(st, c, ref)
 
-    def solve(self, warm_vectors=None, use_warm=None, solve=None) -> EigResult:
+    def solve(self, warm_vectors=None, use_warm=None, live=None) -> EigResult:
         st = lax.while_loop(lambda st: jnp.any(~st.done), self.iterate,
-                            self.initial_state(warm_vectors, use_warm, solve))
+                            self.initial_state(warm_vectors, use_warm, live))
         return EigResult(st.out_theta, st.out_vectors, st.out_residuals, st.out_converged, st.num_matvecs,
                          st.num_restarts, st.out_scale, st.out_warm, st.executed)

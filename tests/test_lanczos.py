@@ -291,10 +291,10 @@ def test_a_batch_applies_each_members_operator_only_while_it_extends():
         jax.debug.callback(lambda n: applied.append(int(n)), v.shape[0])
         return jnp.einsum("bij,bj->bi", a, v)
 
-    def solve(axes, which=None):
+    def solve(axes, live=None):
         applied.clear()
         res = jax.jit(lambda v, a: top_k_eigenpairs_batched(matvec, v, k, 16, params=(a,), tol=1e-10, keys=keys,
-                                                            param_axes=axes, solve=which))(v0, jnp.asarray(mats))
+                                                            param_axes=axes, live=live))(v0, jnp.asarray(mats))
         jax.block_until_ready(res)
         jax.effects_barrier()
         return res, sum(applied)

@@ -90,8 +90,8 @@ def test_unconverged_pairs_are_flagged_everywhere_and_named_in_one_warning(tmp_p
 
 def test_two_members_walk_their_segments_warm_and_agree_with_cold_starts(tmp_path):
     """``--lambda-batch 2 --segment-length 2`` over 3 λ: member 0 walks [0.01, 0.02], member 1 [0.03];
-    0.02 starts from 0.01's eigenvectors (``warm_from``) while the idle member repeats it, start
-    included, so the batch executes no more than 0.02 needs. The spectra equal ``--cold-start``'s to
+    0.02 starts from 0.01's eigenvectors (``warm_from``) while the idle member repeats it without being
+    solved, so the batch executes no more than 0.02 needs. The spectra equal ``--cold-start``'s to
     the solver's tolerance; training is untouched."""
     lams = "0.01,0.02,0.03"
     warm = sweep.run(lambdas=lams, out=str(tmp_path / "warm"), lambda_batch=2, segment_length=2, **TINY)

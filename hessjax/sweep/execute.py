@@ -89,8 +89,6 @@ class Compute:
         self.anchor_dev = rep(self.anchor_params)
         self._zeros = None  # [G, k, P] and [G] on the devices: "no warm vectors", made on first use
         self._probe_keys = {}  # seed -> the replicated key of the trace and density probes
-        split = self.programs.split
-        self._take = jax.jit(lambda v, o, i: (v[i], o[i]), out_shardings=(split, split))  # rows for repeats
 
     def start(self, seed: int):
         """The replicated starting weights of every λ of seed ``seed``."""
@@ -108,9 +106,9 @@ class Compute:
         arrays, still computing.
 
         ``slots`` has one :class:`hessjax.sweep.plan.Slot` (or ``None``: nothing to do) per member
-        of the global batch, or fewer; empty members repeat a live one, its start included (their
-        training runs with the batch, their Lanczos does not: they take the eigenpairs of the member
-        they repeat, and their results are not written). ``previous`` is the batch before's
+        of the global batch, or fewer; empty members repeat a live one (their training runs with the
+        batch, their Lanczos does not: they take the eigenpairs of the member they repeat, and their
+        results are not written). ``previous`` is the batch before's
         ``(eigenvectors, healthy)`` on the devices, ``store`` the run's store (for ``"store"`` slots).
         """
         slots = list(slots) + [None] * (self.global_batch - len(slots))
@@ -126,9 +124,6 @@ class Compute:
         if previous is None and np.any(source == 1):
             raise RuntimeError("a batch continues from the batch before, but there is none")
         warm_previous, previous_ok = previous if previous is not None else self._no_previous()
-        if np.any(np.asarray(fill) != np.arange(len(fill))) and previous is not None:
-            index = p.put_split(np.asarray(fill, np.int32))  # an empty member starts as the one it repeats
-            warm_previous, previous_ok = self._take(warm_previous, previous_ok, index)
         warm_stored = self._stored([s.neighbour if s.source == "store" else None for s in padded], store)
         analysis = p.analyze(states.best_params, self.anchor_dev, lam_arr, keys, self.train, self.test, self.hess,
                              self._probe_key(seed), warm_previous, warm_stored,
@@ -237,12 +232,11 @@ def _write_job(ctx, store, slots, states, analysis, t0, report, progress):
         t_start = max(t0, report.get("last_done") or t0)
         report["last_done"] = t_done
         rows_s = engine.local_rows(states._replace(params=(), opt_state=(), best_params=()))
-        executed = {i: int(r.eig.batch_matvecs) for i, r in rows_a.items()}  # by the λ's device
         seconds = (t_done - t_start) / len(live)
         for i, slot in live:
             if i not in rows_a:
                 continue  # another process holds this λ and writes it
-            rec = write_lambda(ctx, store, slot.lam, rows_a[i], rows_s[i], seconds, executed[i], slot.neighbour)
+            rec = write_lambda(ctx, store, slot.lam, rows_a[i], rows_s[i], seconds, slot.neighbour)
             report["finished"].append(slot.lam)
             if rec["diverged"]:
                 report["diverged"].append(slot.lam)
@@ -254,7 +248,7 @@ def _write_job(ctx, store, slots, states, analysis, t0, report, progress):
                                   "write_s": time.perf_counter() - t_done,
                                   "own_matvecs": [int(rows_a[i].eig.num_matvecs) for i, _ in live if i in rows_a],
                                   "warm": [bool(rows_a[i].eig.warm) for i, _ in live if i in rows_a],
-                                  "batch_matvecs": [executed[i] for i, _ in live if i in rows_a]})
+                                  "batch_matvecs": [int(rows_a[i].eig.batch_matvecs) for i, _ in live if i in rows_a]})
         progress.done(len(live), f"λ {results.lambda_label(lams[0])}…{results.lambda_label(lams[-1])} done "
                                  f"({seconds:.1f} s per λ)")
 

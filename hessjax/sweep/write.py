@@ -81,11 +81,11 @@ def _write_extra_files(out, run_id, lam, ex) -> None:
                                              ex.bottom.residuals, ex.bottom.converged)
 
 
-def write_lambda(ctx, store, lam: float, a, s, seconds: float, batch_matvecs: int, neighbour=None) -> dict:
+def write_lambda(ctx, store, lam: float, a, s, seconds: float, neighbour=None) -> dict:
     """Every file of one λ, then the store row, then its record (last: its presence means finished).
 
-    ``a`` is the λ's :class:`hessjax.engine.Analysis` and ``s`` its training state, as numpy rows;
-    ``batch_matvecs`` the products its batch executed (≥ its own under ``vmap``); ``neighbour`` the λ
+    ``a`` is the λ's :class:`hessjax.engine.Analysis` and ``s`` its training state, as numpy rows
+    (``a.eig.batch_matvecs``: the products its device's batch executed); ``neighbour`` the λ
     whose eigenvectors started its Lanczos (recorded as ``warm_from`` when the warm start was kept,
     i.e. did not fall back to a cold start). A diverged λ gets a
     record (and a ``Model`` row) but no weights, gradient or eigen files.
@@ -119,7 +119,7 @@ def write_lambda(ctx, store, lam: float, a, s, seconds: float, batch_matvecs: in
         error_bounds=() if diverged else bounds,
         convergence_scale=nan if diverged else eig.scale,
         extra={"best_epoch": int(s.best_epoch), "lanczos_matvecs": int(eig.num_matvecs),
-               "batch_matvecs": int(batch_matvecs), "lanczos_restarts": int(eig.num_restarts),
+               "batch_matvecs": int(eig.batch_matvecs), "lanczos_restarts": int(eig.num_restarts),
                "warm_from": neighbour if bool(eig.warm) else None,
                "seed": int(ctx.seed), **(extra_record if not diverged else {})},
     )
