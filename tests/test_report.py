@@ -332,7 +332,7 @@ def test_files_plots_and_series(rendered):
     assert len(figs["branches"].axes[0].lines) == meta["n_branches"] == meta["plots"]["branches"]["series"]
     assert [len(ax.lines) for ax in figs["outliers"].axes] == [1, 1, 1]
     assert sum(len(ax.lines) for ax in figs["performance"].axes) == 3
-    assert meta["plots"]["overlaps"]["series"] == 1 + len(report._representative_pairs(
+    assert meta["plots"]["overlaps"]["series"] == 1 + len(report.representative_pairs(
         report.compute_derived(report.load_sweep(d.parent))))
     summary = (d / "summary.md").read_text()
     for name in PLOTS:
@@ -542,7 +542,7 @@ def test_missing_vectors_are_stepped_over_and_no_vectors_follow_indices(tmp_path
     assert derived.branch.tolist() == [[0, 1, 2], [-1, -1, -1], [1, 0, 2], [0, 1, -1]]
     assert [(a, b) for a, b, _ in derived.pairs] == [(0, 2), (2, 3)] and derived.branch_rows == [0, 2, 3]
     # the top two swap their vectors and their indices, but not their order of μ = λ_i − 2λ: no crossing
-    assert derived.branching.status == ["continued", "continued"] and report._reordered_pairs(derived) == 0
+    assert derived.branching.status == ["continued", "continued"] and report.reordered_pairs(derived) == 0
     assert np.isnan(derived.max_overlap[:2]).all() and np.allclose(derived.max_overlap[2], 1, atol=1e-6)
     data.vector_reader = None
     derived = report.compute_derived(data)

@@ -57,7 +57,8 @@ memory at once).
 
 **Modules.** :mod:`~hessjax.report.load` reads a sweep (:class:`SweepData`), :mod:`~hessjax.report.derived`
 computes outliers and gap, :mod:`~hessjax.report.branches` the overlaps and branches,
-:mod:`~hessjax.report.figures` draws the plots, :mod:`~hessjax.report.summary` writes the files,
+:mod:`~hessjax.report.figures` draws the plots (with the helpers of :mod:`~hessjax.report.plotting`),
+:mod:`~hessjax.report.summary` writes the files (numbers formatted by :mod:`~hessjax.report.text`),
 :mod:`~hessjax.report.seeds` the across-seed report and :mod:`~hessjax.report.cli` is the command line;
 their public names are re-exported here.
 """
@@ -65,13 +66,14 @@ their public names are re-exported here.
 from __future__ import annotations
 
 # Also importable from here, beyond __all__: UsageError, METRICS, FORMATS, density_on_grid, slq_to_density,
-# build_parser and the helpers _reordered_pairs and _representative_pairs (used by the tests).
+# build_parser, reordered_pairs and representative_pairs.
 from ..density import density_on_grid, slq_to_density
 from ..results import UsageError
-from .branches import DEFAULT_MIN_OVERLAP, _reordered_pairs, match_branches, overlap_matrix
+from .branches import DEFAULT_MIN_OVERLAP, match_branches, overlap_matrix
 from .cli import build_parser, main
-from .derived import DEFAULT_OUTLIER_FACTOR, Derived, compute_derived, gap_ratio, outlier_counts
-from .figures import _representative_pairs, log_lambda_axis, make_figures
+from .derived import DEFAULT_OUTLIER_FACTOR, Derived, compute_derived, gap_ratio, outlier_counts, reordered_pairs
+from .figures import make_figures, representative_pairs
+from .plotting import log_lambda_axis
 from .load import EXTRA_ARRAYS, METRICS, SweepData, find_run_ids, load_sweep
 from .seeds import (SEED_ALPHA, SeedTable, flag_outlying, loo_threshold, plan_runs, render_seeds_report,
                     seed_groups, seed_table, write_seeds_report)

@@ -14,7 +14,7 @@ from ..results import UsageError
 from .branches import DEFAULT_MIN_OVERLAP
 from .derived import DEFAULT_OUTLIER_FACTOR
 from .seeds import SEED_ALPHA, plan_runs, render_seeds_report
-from .summary import FORMATS, _check_settings, render_report
+from .summary import FORMATS, check_settings, render_report
 
 
 class _Parser(argparse.ArgumentParser):
@@ -71,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     lines = []
     try:
         _require_matplotlib()
-        _check_settings(args.outlier_factor, args.min_overlap, formats)
+        check_settings(args.outlier_factor, args.min_overlap, formats)
         run_ids, groups = plan_runs(args.out, args.run_id)
         for run_id in run_ids:
             result = render_report(args.out, run_id, source=args.source, outlier_factor=args.outlier_factor,

@@ -4,6 +4,7 @@ and branches."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -115,3 +116,80 @@ def compute_derived(data: SweepData, *, outlier_factor: float = DEFAULT_OUTLIER_
     pairs = [(a, b, o) for a, b, o, _ in pairs if o is not None]
     return Derived(counts, thresholds, gap_ratio(data.mu), branch, matched, max_overlap, pairs, bool(pairs),
                    branching, rows)
+
+
+# --------------------------------------------------------------------------------------------- the branches, for the figures and the summary
+
+
+def branch_curves(data: SweepData, derived: Derived) -> dict[int, dict[str, list]]:
+    """``{id: {"lambda": [...], "eigenvalue": [...], "index": [...]}}`` (index 1-based)."""
+    out: dict[int, dict[str, list]] = {}
+    for t in range(data.lambdas.size):
+        for j in range(data.k):
+            bid = int(derived.branch[t, j])
+            if bid < 0 or not np.isfinite(data.eigenvalues[t, j]):
+                continue
+            b = out.setdefault(bid, {"lambda": [], "eigenvalue": [], "index": []})
+            b["lambda"].append(float(data.lambdas[t]))
+            b["eigenvalue"].append(float(data.eigenvalues[t, j]))
+            b["index"].append(j + 1)
+    return out
+
+
+def branch_events(data: SweepData, derived: Derived, values: np.ndarray | None = None) -> dict[str, list]:
+    """Where to mark the branch plot, in rows of ``data``: ``{"crossings": [(λ, value)], "avoided":
+    [(λ, value)], "discontinuities": [λ between the two]}`` (``values`` default ``data.eigenvalues``)."""
+    out = {"crossings": [], "avoided": [], "discontinuities": []}
+    res, rows = derived.branching, derived.branch_rows
+    if res is None or rows is None:
+        return out
+    lam = np.asarray(data.lambdas, np.float64)
+    ev = np.asarray(data.eigenvalues if values is None else values, np.float64)
+
+    def value(t, bid):
+        j = np.flatnonzero(res.branch[t] == bid)
+        return float(ev[rows[t], j[0]]) if j.size else math.nan
+
+    for c in res.crossings:
+        t0, t1 = c.start, c.interval + 1
+        a0, b0, a1, b1 = value(t0, c.a), value(t0, c.b), value(t1, c.a), value(t1, c.b)
+        d0, d1 = a0 - b0, a1 - b1
+        f = d0 / (d0 - d1) if np.isfinite(d0 - d1) and d0 != d1 else 0.5
+        f = min(max(f, 0.0), 1.0)
+        out["crossings"].append((lam[rows[t0]] + f * (lam[rows[t1]] - lam[rows[t0]]), a0 + f * (a1 - a0)))
+    for e in res.avoided:
+        out["avoided"].append((lam[rows[e.index]], 0.5 * (value(e.index, e.a) + value(e.index, e.b))))
+    for t in res.discontinuities:
+        l0, l1 = lam[rows[t]], lam[rows[t + 1]]
+        out["discontinuities"].append(math.sqrt(l0 * l1) if l0 > 0 and l1 > 0 else 0.5 * (l0 + l1))
+    return out
+
+
+def reordered_pairs(derived: Derived) -> int:
+    """Neighbouring λ pairs across which some pair of branches crosses (see :class:`hessjax.report.branches.Crossing`)."""
+    res = derived.branching
+    return 0 if res is None else len({c.interval for c in res.crossings})
+
+
+def branch_summary(data: SweepData, derived: Derived) -> dict:
+    """The branch events for ``derived.json``, with λ values (rows of ``data``)."""
+    res = derived.branching
+    out = {"reordered_pairs": reordered_pairs(derived), "n_new_branches": 0, "n_crossings": 0,
+           "n_avoided_crossings": 0, "n_discontinuities": 0, "crossings": [], "avoided_crossings": [],
+           "discontinuities": [], "new_branches": [], "intervals": []}
+    rows = derived.branch_rows
+    if res is None or rows is None:
+        return out
+    lam = [float(data.lambdas[r]) for r in rows]
+    out.update(
+        n_new_branches=len(res.new_branches), n_crossings=len(res.crossings), n_avoided_crossings=len(res.avoided),
+        n_discontinuities=len(res.discontinuities),
+        crossings=[{"lambda": [lam[c.start], lam[c.interval + 1]], "above_before": c.a, "above_after": c.b}
+                   for c in res.crossings],
+        avoided_crossings=[{"lambda": lam[e.index], "upper": e.a, "lower": e.b, "gap": e.gap,
+                            "rotation_deg": e.rotation, "touching": e.touching} for e in res.avoided],
+        discontinuities=[{"lambda": [lam[t], lam[t + 1]], "reason": res.reasons[t]} for t in res.discontinuities],
+        new_branches=[{"lambda": lam[t], "index": j + 1, "branch": b} for t, j, b in res.new_branches],
+        intervals=[{"lambda": [lam[t], lam[t + 1]], "status": s} for t, s in enumerate(res.status)],
+    )
+    return out

@@ -17,9 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from .branches import _branches, _events
-from .derived import Derived
-from .load import SweepData, _metric
+from .derived import Derived, branch_curves, branch_events
+from .load import SweepData
+from .plotting import (colormap, dot_style, integer_ticks, lambda_rows, log_if_positive, log_y_positive, mark_unconverged,
+                       new_figure, no_data, positive_only)
 
 Drawn = tuple[Any, int]  # (matplotlib Figure, number of data series)
 
@@ -45,52 +46,7 @@ def make_figures(data: SweepData, derived: Derived) -> tuple[dict[str, Any], dic
     return figs, series
 
 
-# --------------------------------------------------------------------------------------------- helpers
-
-
-def _figure(figsize: tuple[float, float]):
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=figsize, layout="constrained")
-
-
-def _colormap(name: str):
-    import matplotlib
-
-    return matplotlib.colormaps[name]
-
-
-def _integer_ticks(axis) -> None:
-    from matplotlib.ticker import MaxNLocator
-
-    axis.set_major_locator(MaxNLocator(integer=True))
-
-
-def _marker(lam: np.ndarray) -> dict:
-    """Dots on every curve, unless there are too many λ to tell them apart."""
-    return dict(marker="o", markersize=3 if lam.size < 60 else 0)
-
-
-def _positive(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, np.float64)
-    return np.where(x > 0, x, np.nan)
-
-
-def _log_if_positive(ax, *arrays, span: float = 20.0) -> None:  # ax: an Axes or a _Row
-    """Log y-scale when every finite value is positive and they span more than ``span``×."""
-    vals = np.concatenate([np.asarray(a, np.float64).ravel() for a in arrays]) if arrays else np.zeros(0)
-    vals = vals[np.isfinite(vals)]
-    if vals.size and np.all(vals > 0) and vals.max() > span * vals.min():
-        ax.set_yscale("log")
-
-
-def _no_data(ax, text: str) -> None:
-    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="0.4")
-    ax.set_xticks([])
-    ax.set_yticks([])
-
-
-def _representative_pairs(derived: Derived, most: int = 3) -> list[int]:
+def representative_pairs(derived: Derived, most: int = 3) -> list[int]:
     """Neighbouring pairs to show in full: the first, the most mixed (least diagonal overlap), the last."""
     if not derived.pairs:
         return []
@@ -99,133 +55,20 @@ def _representative_pairs(derived: Derived, most: int = 3) -> list[int]:
     return sorted(dict.fromkeys([0, mixed, last]))[:most]
 
 
-def log_lambda_axis(lam: np.ndarray) -> bool:
-    """A log λ axis: the finite λ > 0 span two decades or more (``max ≥ 100 · min``)."""
-    pos = np.asarray(lam, np.float64)
-    pos = pos[np.isfinite(pos) & (pos > 0)]
-    return pos.size >= 2 and float(pos.max()) >= 100 * float(pos.min())
-
-
-class _Row:
-    """One row of a plot against λ: ``main`` (all λ, or λ > 0 on a log axis) and, on a log axis with
-    λ = 0 among the λ, ``zero``: a narrow axes at the left sharing y, where λ = 0 is drawn apart."""
-
-    def __init__(self, main, zero):
-        self.main, self.zero = main, zero
-
-    @property
-    def axes(self) -> list:
-        return [self.main] + ([self.zero] if self.zero is not None else [])
-
-    def plot(self, lam, y, *fmt, **kw) -> None:
-        lam, y = np.asarray(lam, np.float64), np.asarray(y, np.float64)
-        if self.zero is None:
-            self.main.plot(lam, y, *fmt, **kw)
-            return
-        pos = lam > 0
-        self.main.plot(lam[pos], y[pos], *fmt, **kw)
-        if (~pos).any() and np.isfinite(y[~pos]).any():
-            kw = {key: v for key, v in kw.items() if key != "label"}
-            kw["marker"] = kw.get("marker") or "o"
-            kw["markersize"] = max(kw.get("markersize") or 0, 3)
-            self.zero.plot(np.zeros(int((~pos).sum())), y[~pos], *fmt, **kw)
-
-    def errorbar(self, lam, y, yerr=None, **kw) -> None:
-        lam, y = np.asarray(lam, np.float64), np.asarray(y, np.float64)
-        parts = [(self.main, np.ones(lam.size, bool) if self.zero is None else lam > 0)]
-        if self.zero is not None:
-            parts.append((self.zero, lam <= 0))
-        for ax, m in parts:
-            if m.any():
-                ax.errorbar(np.where(lam[m] > 0, lam[m], 0.0), y[m], yerr=None if yerr is None else yerr[m],
-                            **(kw if ax is self.main else {key: v for key, v in kw.items() if key != "label"}))
-
-    def set_yscale(self, scale: str) -> None:
-        for ax in self.axes:
-            ax.set_yscale(scale)
-
-    def axhline(self, *args, **kw) -> None:
-        for ax in self.axes:
-            ax.axhline(*args, **kw)
-
-    def set(self, *, ylabel=None, title=None, xlabel=None) -> None:
-        (self.zero if self.zero is not None else self.main).set_ylabel(ylabel or "")
-        if title is not None:
-            self.main.set_title(title)
-        if xlabel is not None:
-            self.main.set_xlabel(xlabel)
-
-    def set_ylim(self, *args) -> None:
-        self.main.set_ylim(*args)
-
-    def legend(self, **kw) -> None:
-        self.main.legend(**kw)
-
-
-def _lambda_rows(fig, lam: np.ndarray, nrows: int = 1, *, spec=None) -> list[_Row]:
-    """``nrows`` rows sharing the λ axis (see :func:`log_lambda_axis`), in ``spec`` or the whole figure."""
-    log = log_lambda_axis(lam)
-    split = log and bool(np.any(np.asarray(lam) == 0))
-    if spec is None:
-        grid = fig.add_gridspec(nrows, 2 if split else 1, **({"width_ratios": [1, 10]} if split else {}))
-    else:
-        grid = spec.subgridspec(nrows, 2 if split else 1, **({"width_ratios": [1, 10]} if split else {}))
-    rows, first = [], None
-    for r in range(nrows):
-        main = fig.add_subplot(grid[r, 1 if split else 0], sharex=first)
-        first = first or main
-        zero = None
-        if log:
-            main.set_xscale("log")
-        if split:
-            zero = fig.add_subplot(grid[r, 0], sharey=main)
-            zero.set_xlim(-1, 1)
-            zero.set_xticks([0], ["λ = 0"] if r == nrows - 1 else [""])
-            zero.spines["right"].set_visible(False)
-            main.spines["left"].set_linestyle((0, (2, 2)))  # the axis is broken between λ = 0 and λ > 0
-            main.tick_params(labelleft=False)
-        if r < nrows - 1:
-            main.tick_params(labelbottom=False)
-        rows.append(_Row(main, zero))
-    rows[-1].main.set_xlabel("λ (log scale; λ = 0 at the left)" if split else ("λ (log scale)" if log else "λ"))
-    return rows
-
-
-def _mark_unconverged(row: _Row, lam: np.ndarray, values: np.ndarray, flags: np.ndarray | None,
-                      label: str = "not converged") -> int:
-    """Hollow red circles at the ``values`` ``[n, m]`` whose flag is False; the number of series drawn (0/1)."""
-    if flags is None:
-        return 0
-    flags = np.asarray(flags)
-    bad = ~(flags.astype(bool) if flags.dtype == bool else flags >= 0.5) & np.isfinite(values)
-    if not bad.any():
-        return 0
-    i, j = np.nonzero(bad)
-    row.plot(lam[i], values[i, j], "o", ls="none", mfc="none", mec="red", mew=1.2, markersize=8, label=label)
-    return 1
-
-
-def _log_y_positive(row: _Row, values: np.ndarray) -> str:
-    """Log y for the positive ``values``; a note on how many finite values ≤ 0 are not drawn."""
-    row.set_yscale("log")
-    dropped = int(np.sum(np.isfinite(values) & (values <= 0)))
-    return f" ({dropped} values ≤ 0 not drawn)" if dropped else ""
-
-
 # --------------------------------------------------------------------------------------------- the plots
 
 
 def _plot_data_eigenvalues(data: SweepData, derived: Derived) -> Drawn:
     """The data-Hessian eigenvalues μ_i = θ_i − 2λ vs λ (log y); unconverged pairs in hollow red."""
     lam, k, mu = data.lambdas, data.k, data.mu
-    fig = _figure((7, 4.5))
-    (row,) = _lambda_rows(fig, lam)
-    cmap = _colormap("viridis")
+    fig = new_figure((7, 4.5))
+    (row,) = lambda_rows(fig, lam)
+    cmap = colormap("viridis")
     for j in range(k):
-        row.plot(lam, _positive(mu[:, j]), color=cmap(j / max(k - 1, 1)), lw=1,
-                 label=(f"μ_{j + 1}" if j in (0, k - 1) else None), **_marker(lam))
-    marked = _mark_unconverged(row, lam, _positive(mu), data.eig_converged)
-    note = _log_y_positive(row, mu)
+        row.plot(lam, positive_only(mu[:, j]), color=cmap(j / max(k - 1, 1)), lw=1,
+                 label=(f"μ_{j + 1}" if j in (0, k - 1) else None), **dot_style(lam))
+    marked = mark_unconverged(row, lam, positive_only(mu), data.eig_converged)
+    note = log_y_positive(row, mu)
     row.set(ylabel="μ: eigenvalue of ∇²(mean CE)",
             title=f"{data.run_id}: top-{k} data-Hessian eigenvalues μ = θ − 2λ{note}")
     row.legend(loc="best", fontsize=8)
@@ -235,14 +78,14 @@ def _plot_data_eigenvalues(data: SweepData, derived: Derived) -> Drawn:
 def _plot_eigenvalues(data: SweepData, derived: Derived) -> Drawn:
     """Top-k eigenvalues θ of ∇²L_eff vs λ (log y) with the penalty's 2λ; unconverged pairs in hollow red."""
     lam, k = data.lambdas, data.k
-    fig = _figure((7, 4.5))
-    (row,) = _lambda_rows(fig, lam)
-    cmap = _colormap("viridis")
+    fig = new_figure((7, 4.5))
+    (row,) = lambda_rows(fig, lam)
+    cmap = colormap("viridis")
     for j in range(k):
-        row.plot(lam, _positive(data.eigenvalues[:, j]), color=cmap(j / max(k - 1, 1)), lw=1,
-                 label=(f"θ_{j + 1}" if j in (0, k - 1) else None), **_marker(lam))
-    row.plot(lam, _positive(2 * lam), "k--", lw=1, label="2λ (penalty)")
-    marked = _mark_unconverged(row, lam, _positive(data.eigenvalues), data.eig_converged)
+        row.plot(lam, positive_only(data.eigenvalues[:, j]), color=cmap(j / max(k - 1, 1)), lw=1,
+                 label=(f"θ_{j + 1}" if j in (0, k - 1) else None), **dot_style(lam))
+    row.plot(lam, positive_only(2 * lam), "k--", lw=1, label="2λ (penalty)")
+    marked = mark_unconverged(row, lam, positive_only(data.eigenvalues), data.eig_converged)
     row.set_yscale("log")
     row.set(ylabel="θ: eigenvalue of ∇²L_eff", title=f"{data.run_id}: top-{k} Hessian eigenvalues θ = μ + 2λ")
     row.legend(loc="best", fontsize=8)
@@ -251,47 +94,47 @@ def _plot_eigenvalues(data: SweepData, derived: Derived) -> Drawn:
 
 def _plot_outliers(data: SweepData, derived: Derived) -> Drawn:
     """μ₁, the number of outliers above the bulk and the gap μ₁/μ_k, one panel each (all on μ)."""
-    lam, marker = data.lambdas, _marker(data.lambdas)
-    fig = _figure((7, 7))
-    rows = _lambda_rows(fig, lam, 3)
+    lam, marker = data.lambdas, dot_style(data.lambdas)
+    fig = new_figure((7, 7))
+    rows = lambda_rows(fig, lam, 3)
     rows[0].plot(lam, data.mu[:, 0] if data.k else np.full(lam.size, np.nan), "C0", **marker)
     rows[0].set(ylabel="μ₁", title=f"{data.run_id}: top data eigenvalue, outliers above the bulk, gap (on μ)")
     rows[1].plot(lam, derived.n_outliers, "C1", drawstyle="steps-mid", **marker)
     rows[1].set(ylabel="outliers")
-    _integer_ticks(rows[1].main.yaxis)
+    integer_ticks(rows[1].main.yaxis)
     if np.isfinite(derived.n_outliers).any():
         rows[1].set_ylim(-0.5, max(1.0, float(np.nanmax(derived.n_outliers))) + 0.5)
     rows[2].plot(lam, derived.gap, "C2", **marker)
-    _log_if_positive(rows[2], derived.gap)
+    log_if_positive(rows[2], derived.gap)
     rows[2].set(ylabel="μ₁ / μ_k")
     return fig, 3
 
 
 def _plot_performance(data: SweepData, derived: Derived) -> Drawn:
     """Train and test loss (without the penalty) and test accuracy."""
-    lam, marker = data.lambdas, _marker(data.lambdas)
-    fig = _figure((7, 5.5))
-    rows = _lambda_rows(fig, lam, 2)
-    rows[0].plot(lam, _metric(data, "train_loss"), "C0", label="train", **marker)
-    rows[0].plot(lam, _metric(data, "test_loss"), "C3", label="test", **marker)
+    lam, marker = data.lambdas, dot_style(data.lambdas)
+    fig = new_figure((7, 5.5))
+    rows = lambda_rows(fig, lam, 2)
+    rows[0].plot(lam, data.metric("train_loss"), "C0", label="train", **marker)
+    rows[0].plot(lam, data.metric("test_loss"), "C3", label="test", **marker)
     rows[0].set(ylabel="mean cross-entropy", title=f"{data.run_id}: loss (no penalty) and accuracy")
     rows[0].legend(fontsize=8)
-    rows[1].plot(lam, 100 * _metric(data, "test_accuracy"), "C2", **marker)
+    rows[1].plot(lam, 100 * data.metric("test_accuracy"), "C2", **marker)
     rows[1].set(ylabel="test accuracy [%]")
     return fig, 3
 
 
 def _plot_distance(data: SweepData, derived: Derived) -> Drawn:
     """‖θ − θ_ref‖ and ‖∇L_eff‖."""
-    lam, marker = data.lambdas, _marker(data.lambdas)
-    fig = _figure((7, 5.5))
-    rows = _lambda_rows(fig, lam, 2)
-    dist, grad = _metric(data, "distance_to_anchor"), _metric(data, "grad_norm")
+    lam, marker = data.lambdas, dot_style(data.lambdas)
+    fig = new_figure((7, 5.5))
+    rows = lambda_rows(fig, lam, 2)
+    dist, grad = data.metric("distance_to_anchor"), data.metric("grad_norm")
     rows[0].plot(lam, dist, "C4", **marker)
-    _log_if_positive(rows[0], dist)
+    log_if_positive(rows[0], dist)
     rows[0].set(ylabel="‖θ − θ_ref‖", title=f"{data.run_id}: distance to the anchor and gradient norm")
     rows[1].plot(lam, grad, "C5", **marker)
-    _log_if_positive(rows[1], grad)
+    log_if_positive(rows[1], grad)
     rows[1].set(ylabel="‖∇L_eff‖")
     return fig, 2
 
@@ -299,8 +142,8 @@ def _plot_distance(data: SweepData, derived: Derived) -> Drawn:
 def _plot_overlaps(data: SweepData, derived: Derived) -> Drawn:
     """The max overlap per eigenvalue index vs λ, and the full matrices of a few neighbouring pairs."""
     lam = data.lambdas
-    fig = _figure((11, 4.5))
-    chosen = _representative_pairs(derived)
+    fig = new_figure((11, 4.5))
+    chosen = representative_pairs(derived)
     grid = fig.add_gridspec(1, 1 + max(len(chosen), 1), width_ratios=[2.2] + [1] * max(len(chosen), 1))
     ax = fig.add_subplot(grid[0, 0])
     if derived.has_vectors and lam.size > 1:
@@ -309,7 +152,7 @@ def _plot_overlaps(data: SweepData, derived: Derived) -> Drawn:
             _overlap_matrix_panel(fig.add_subplot(grid[0, 1 + c]), lam, data.k, derived.pairs[t])
         n_series = 1 + len(chosen)
     else:
-        _no_data(ax, "needs eigenvectors at two or more finished λ")
+        no_data(ax, "needs eigenvectors at two or more finished λ")
         n_series = 0
     fig.suptitle(f"{data.run_id}: eigenvector overlaps between neighbouring λ")
     return fig, n_series
@@ -320,7 +163,7 @@ def _max_overlap_map(fig, ax, lam: np.ndarray, k: int, max_overlap: np.ndarray) 
                    interpolation="nearest", extent=(-0.5, lam.size - 1.5, 0.5, k + 0.5))
     ticks = np.unique(np.linspace(0, lam.size - 2, min(6, lam.size - 1)).round().astype(int))
     ax.set_xticks(ticks, [f"{lam[t + 1]:.3g}" for t in ticks])
-    _integer_ticks(ax.yaxis)
+    integer_ticks(ax.yaxis)
     ax.set(xlabel="λ (later of the pair)", ylabel="eigenvalue index j",
            title="max_i |⟨v_i(previous λ), v_j(λ)⟩|")
     fig.colorbar(im, ax=ax, shrink=0.8)
@@ -337,21 +180,21 @@ def _plot_branches(data: SweepData, derived: Derived) -> Drawn:
     """Eigenvalue branches on μ = θ − 2λ (log y), lines only where continued; crossings ×, avoided
     crossings ○, discontinuities as dashed vertical lines."""
     lam, mu = data.lambdas, data.mu
-    fig = _figure((7, 4.5))
-    (row,) = _lambda_rows(fig, lam)
-    branches = _branches(data, derived)
-    colors = _colormap("tab20")
+    fig = new_figure((7, 4.5))
+    (row,) = lambda_rows(fig, lam)
+    branches = branch_curves(data, derived)
+    colors = colormap("tab20")
     for c, (bid, b) in enumerate(sorted(branches.items())):
         color = colors((2 * c) % 20 + (c // 10) % 2)  # ten dark hues first, then their light twins
         t = np.searchsorted(lam, b["lambda"])  # rows of the branch's λ (exact: the same floats)
-        row.plot(b["lambda"], _positive(mu[t, np.asarray(b["index"]) - 1]), color=color, lw=1.2, **_marker(lam))
-    events = _events(data, derived, values=mu)  # markers are collections, not lines: one line per branch
+        row.plot(b["lambda"], positive_only(mu[t, np.asarray(b["index"]) - 1]), color=color, lw=1.2, **dot_style(lam))
+    events = branch_events(data, derived, values=mu)  # markers are collections, not lines: one line per branch
     ax = row.main
     for key, marker, label in (("crossings", "x", "crossing"), ("avoided", "o", "avoided crossing")):
         if events[key]:
             x, y = np.asarray(events[key], np.float64).T
             shown = x > 0 if row.zero is not None else np.ones(x.size, bool)
-            ax.scatter(x[shown], _positive(y[shown]), marker=marker, s=40, zorder=3, label=label,
+            ax.scatter(x[shown], positive_only(y[shown]), marker=marker, s=40, zorder=3, label=label,
                        **({"color": "k"} if marker == "x" else {"facecolors": "none", "edgecolors": "k"}))
     if events["discontinuities"]:
         ax.vlines(events["discontinuities"], 0, 1, transform=ax.get_xaxis_transform(), colors="C3",
@@ -374,15 +217,15 @@ def _plot_trace(data: SweepData, derived: Derived) -> Drawn | None:
     yerr = None if err is None else 2 * err
     estimate = dict(fmt="o-", ms=3, capsize=2, label="Hutchinson estimate ± 2 s.e.")
     if not data.n_params:
-        fig = _figure((7, 4.5))
-        (row,) = _lambda_rows(fig, lam)
+        fig = new_figure((7, 4.5))
+        (row,) = lambda_rows(fig, lam)
         row.errorbar(lam, trace, yerr, **estimate)
         row.set(ylabel="tr ∇²L_eff", title=f"{data.run_id}: Hessian trace")
         row.legend(fontsize=8)
         return fig, 1
     # the penalty's share 2λP is exact in every probe: the data term has the same s.e.
-    fig = _figure((7, 6))
-    r0, r1 = _lambda_rows(fig, lam, 2)
+    fig = new_figure((7, 6))
+    r0, r1 = lambda_rows(fig, lam, 2)
     r0.errorbar(lam, trace, yerr, **estimate)
     r0.plot(lam, 2 * lam * data.n_params, "k--", lw=1, label="2λP (the penalty's share)")
     r0.set(ylabel="tr ∇²L_eff", title=f"{data.run_id}: Hessian trace")
@@ -398,7 +241,7 @@ def _plot_density(data: SweepData, derived: Derived) -> Drawn | None:
     if "density" not in data.extras or "density_grid" not in data.extras:
         return None
     lam, dens, g = data.lambdas, data.extras["density"], data.extras["density_grid"]
-    fig = _figure((11, 4.5))
+    fig = new_figure((11, 4.5))
     a0, a1 = fig.subplots(1, 2)
     floor = 1e-8
     if lam.size > 1:  # one row per finished λ, evenly spaced whatever the grid (λ = 0 included)
@@ -410,9 +253,9 @@ def _plot_density(data: SweepData, derived: Derived) -> Drawn | None:
         a0.set(xlabel="μ (eigenvalue of ∇²(mean CE))", ylabel="λ (one row per finished λ)",
                title="SLQ spectral density of μ")
     else:
-        _no_data(a0, "one finished λ: see the right panel")
+        no_data(a0, "one finished λ: see the right panel")
     pick = np.unique(np.linspace(0, lam.size - 1, min(5, lam.size)).round().astype(int))
-    cmap = _colormap("viridis")
+    cmap = colormap("viridis")
     for c, t in enumerate(pick):
         a1.plot(g, np.maximum(dens[t], floor), color=cmap(c / max(len(pick) - 1, 1)), label=f"λ={lam[t]:.3g}")
     a1.set_yscale("log")
@@ -429,17 +272,17 @@ def _plot_bottom(data: SweepData, derived: Derived) -> Drawn | None:
         return None
     lam, bot = data.lambdas, np.atleast_2d(data.extras["bottom_eigenvalues"])
     flags = data.extras.get("bottom_converged")
-    fig = _figure((7, 6.5))
-    r0, r1 = _lambda_rows(fig, lam, 2)
-    cmap = _colormap("viridis")
+    fig = new_figure((7, 6.5))
+    r0, r1 = lambda_rows(fig, lam, 2)
+    cmap = colormap("viridis")
     m = bot.shape[1]
     for j in range(m):
         color = cmap(j / max(m - 1, 1))
-        r0.plot(lam, bot[:, j], color=color, lw=1, label=("θ_min" if j == 0 else None), **_marker(lam))
-        r1.plot(lam, bot[:, j] - 2 * lam, color=color, lw=1, label=("μ_min" if j == 0 else None), **_marker(lam))
+        r0.plot(lam, bot[:, j], color=color, lw=1, label=("θ_min" if j == 0 else None), **dot_style(lam))
+        r1.plot(lam, bot[:, j] - 2 * lam, color=color, lw=1, label=("μ_min" if j == 0 else None), **dot_style(lam))
     r0.plot(lam, 2 * lam, "k--", lw=1, label="2λ (penalty)")
-    marked = _mark_unconverged(r0, lam, bot, flags)
-    _mark_unconverged(r1, lam, bot - 2 * lam[:, None], flags)
+    marked = mark_unconverged(r0, lam, bot, flags)
+    mark_unconverged(r1, lam, bot - 2 * lam[:, None], flags)
     for r in (r0, r1):
         r.axhline(0, color="0.6", lw=0.6)
         r.legend(fontsize=8)

@@ -56,6 +56,10 @@ class SweepData:
     error_bounds: np.ndarray | None = None  # bound on |μ − μ_true|
     eig_converged: np.ndarray | None = None  # bool: the pair met the solver's tolerance
 
+    def metric(self, name: str) -> np.ndarray:
+        """``[n]`` values of metric ``name``, NaN where the sweep did not write it."""
+        return self.metrics.get(name, np.full(self.lambdas.size, np.nan))
+
     @property
     def k(self) -> int:
         return int(self.eigenvalues.shape[1])
@@ -397,6 +401,3 @@ def _read_density(out: Path, run_id: str, labels: list[str], lams: np.ndarray) -
             weights[i] = t["weight"].reshape(probes, -1)
     return slq_to_density(nodes, weights)
 
-
-def _metric(data: SweepData, name: str) -> np.ndarray:
-    return data.metrics.get(name, np.full(data.lambdas.size, np.nan))

@@ -40,9 +40,9 @@ import numpy as np
 
 from .. import results
 from ..results import UsageError
-from .figures import _colormap, _figure, _lambda_rows, _log_if_positive, _marker, _positive, _Row
-from .load import SweepData, _metric, find_run_ids, load_sweep
-from .summary import _cell, save_figure
+from .load import SweepData, find_run_ids, load_sweep
+from .plotting import Row, colormap, dot_style, lambda_rows, log_if_positive, new_figure, positive_only, save_figure
+from .text import csv_cell, short_number
 
 SEED_ALPHA = 0.01
 SEED_METRICS = ("distance_to_anchor", "train_loss", "test_loss")
@@ -161,7 +161,7 @@ def seed_table(base: str, runs: dict[int, SweepData]) -> SeedTable:
         mu = d.mu
         values[: d.k, t, s] = mu.T
         for q, name in enumerate(SEED_METRICS):
-            values[k + q, t, s] = _metric(d, name)
+            values[k + q, t, s] = d.metric(name)
     return SeedTable(base, seeds, [runs[s].run_id for s in seeds], lambdas, quantities, values,
                      [runs[s].mu_source for s in seeds])
 
@@ -169,12 +169,12 @@ def seed_table(base: str, runs: dict[int, SweepData]) -> SeedTable:
 # --------------------------------------------------------------------------------------------- figures
 
 
-def _band(row: _Row, lam: np.ndarray, st: dict, q: int, color, label: str, flagged: list[tuple[float, float]],
+def _band(row: Row, lam: np.ndarray, st: dict, q: int, color, label: str, flagged: list[tuple[float, float]],
           positive: bool) -> None:
-    f = _positive if positive else (lambda x: np.asarray(x, np.float64))
+    f = positive_only if positive else (lambda x: np.asarray(x, np.float64))
     mean, sd = st["mean"][q], st["std"][q]
     sd = np.where(np.isfinite(sd), sd, 0.0)
-    row.plot(lam, f(mean), color=color, lw=1.2, label=label, **_marker(lam))
+    row.plot(lam, f(mean), color=color, lw=1.2, label=label, **dot_style(lam))
     row.plot(lam, f(st["min"][q]), color=color, lw=0.7, ls=":")
     row.plot(lam, f(st["max"][q]), color=color, lw=0.7, ls=":")
     lo, hi = f(mean - sd), f(mean + sd)
@@ -194,9 +194,9 @@ def _flag_points(table: SeedTable, flags: list[dict], name: str) -> list[tuple[f
 def _plot_seeds_mu(table: SeedTable, st: dict, flags: list[dict]):
     lam = table.lambdas
     k = sum(q.startswith("mu_") for q in table.quantities)
-    fig = _figure((7, 4.8))
-    (row,) = _lambda_rows(fig, lam)
-    cmap = _colormap("viridis")
+    fig = new_figure((7, 4.8))
+    (row,) = lambda_rows(fig, lam)
+    cmap = colormap("viridis")
     for j in range(k):
         _band(row, lam, st, j, cmap(j / max(k - 1, 1)), f"μ_{j + 1}" if j in (0, k - 1) else None,
               _flag_points(table, flags, f"mu_{j + 1}"), positive=True)
@@ -209,15 +209,15 @@ def _plot_seeds_mu(table: SeedTable, st: dict, flags: list[dict]):
 
 def _plot_seeds_metrics(table: SeedTable, st: dict, flags: list[dict]):
     lam = table.lambdas
-    fig = _figure((7, 7.5))
-    rows = _lambda_rows(fig, lam, 3)
+    fig = new_figure((7, 7.5))
+    rows = lambda_rows(fig, lam, 3)
     labels = {"distance_to_anchor": "‖θ − θ_ref‖", "train_loss": "train loss (mean CE)",
               "test_loss": "test loss (mean CE)"}
     for r, name in enumerate(SEED_METRICS):
         q = table.quantities.index(name)
         _band(rows[r], lam, st, q, f"C{r}", None, _flag_points(table, flags, name), positive=False)
         if name == "distance_to_anchor":
-            _log_if_positive(rows[r], table.values[q])
+            log_if_positive(rows[r], table.values[q])
         rows[r].set(ylabel=labels[name])
     rows[0].set(title=f"{table.base}: over {len(table.seeds)} seeds\n(mean, ±1 std, min/max dotted; red ×: flagged)")
     return fig, len(SEED_METRICS)
@@ -249,10 +249,6 @@ def render_seeds_report(out: str | Path, base: str, *, source: str = "auto", for
                               keep_figures=keep_figures)
 
 
-def _fmt(v: float) -> str:
-    return "—" if not math.isfinite(v) else f"{v:.4g}"
-
-
 def write_seeds_report(table: SeedTable, directory: str | Path, *, formats: Sequence[str] = ("png", "svg"),
                        alpha: float = SEED_ALPHA, keep_figures: bool = False) -> SeedsResult:
     """Write ``seeds.csv``, ``seeds.json``, the figures and ``summary.md`` of ``table`` into ``directory``."""
@@ -270,8 +266,8 @@ def write_seeds_report(table: SeedTable, directory: str | Path, *, formats: Sequ
     for t, lam in enumerate(table.lambdas):
         for q, name in enumerate(table.quantities):
             cells = [results.lambda_label(lam), name, str(int(st["n"][q, t]))]
-            cells += [_cell(st[c][q, t]) for c in ("mean", "std", "min", "max")]
-            cells += [_cell(v) for v in table.values[q, t]]
+            cells += [csv_cell(st[c][q, t]) for c in ("mean", "std", "min", "max")]
+            cells += [csv_cell(v) for v in table.values[q, t]]
             lines.append(",".join(cells))
     files.append(results.atomic_write(directory / "seeds.csv",
                                       lambda tmp: tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")))
@@ -340,7 +336,7 @@ def _seeds_markdown(table: SeedTable, st: dict, flags: list[dict], checks: int, 
     k = sum(q.startswith("mu_") for q in table.quantities)
     cols = [0, k - 1] + [table.quantities.index(m) for m in SEED_METRICS]
     for t, lam in enumerate(table.lambdas):
-        cells = [f"{_fmt(st['mean'][q, t])} ± {_fmt(st['std'][q, t])}" for q in cols]
+        cells = [f"{short_number(st['mean'][q, t], 4)} ± {short_number(st['std'][q, t], 4)}" for q in cols]
         out.append(f"| {lam:.6g} | {int(st['n'][:, t].max())} | " + " | ".join(cells) + " |")
     out += ["", "Per-λ values of every seed: `seeds.csv`; the flags: `seeds.json`.", ""]
     out += ["## μ over seeds", "", f"![seeds_mu](seeds_mu.{fmt})", "",

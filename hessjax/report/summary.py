@@ -17,10 +17,12 @@ import numpy as np
 
 from .. import results
 from ..results import UsageError
-from .branches import DEFAULT_MIN_OVERLAP, UNIQUE_OVERLAP, _branches, _branch_summary
-from .derived import DEFAULT_OUTLIER_FACTOR, Derived, compute_derived
-from .figures import log_lambda_axis, make_figures
-from .load import SweepData, _metric, load_sweep
+from .branches import DEFAULT_MIN_OVERLAP, UNIQUE_OVERLAP
+from .derived import DEFAULT_OUTLIER_FACTOR, Derived, branch_curves, branch_summary, compute_derived
+from .figures import make_figures
+from .load import SweepData, load_sweep
+from .plotting import log_lambda_axis, save_figure
+from .text import csv_cell, short_number
 
 FORMATS = ("png", "svg")
 
@@ -29,7 +31,7 @@ def _columns(data: SweepData, derived: Derived) -> dict[str, np.ndarray]:
     n, k = data.lambdas.size, data.k
     cols: dict[str, np.ndarray] = {"lambda": data.lambdas}
     for m in ("train_loss", "test_loss", "test_accuracy", "grad_norm", "distance_to_anchor", "max_residual"):
-        cols[m] = _metric(data, m)
+        cols[m] = data.metric(m)
     mu = data.mu
     cols["lambda_1"] = data.eigenvalues[:, 0] if k else np.full(n, np.nan)
     cols["lambda_k"] = _last_finite(data.eigenvalues)
@@ -63,22 +65,6 @@ def _last_finite(values: np.ndarray) -> np.ndarray:
     return np.array([r[np.isfinite(r)][-1] if np.isfinite(r).any() else np.nan for r in values])
 
 
-def save_figure(fig, directory: Path, name: str, formats: Sequence[str]) -> list[Path]:
-    """``fig`` as ``directory/name.FMT`` for each format, each file written atomically."""
-    paths = []
-    for fmt in formats:
-        path = directory / f"{name}.{fmt}"
-        paths.append(results.atomic_write(path, lambda tmp, fmt=fmt: fig.savefig(tmp, format=fmt, dpi=120)))
-    return paths
-
-
-def _cell(v) -> str:
-    if isinstance(v, (int, np.integer)):
-        return str(int(v))
-    v = float(v)
-    return "" if math.isnan(v) else repr(v)
-
-
 def _headline(data: SweepData, derived: Derived, branches: Mapping) -> list[tuple[str, str]]:
     lam = data.lambdas
     lo, hi = 0, lam.size - 1
@@ -88,7 +74,7 @@ def _headline(data: SweepData, derived: Derived, branches: Mapping) -> list[tupl
         text = [("—" if not np.isfinite(values[i]) else fmt.format(values[i])) for i in (lo, hi)]
         return text[0] if lo == hi else f"{text[0]} → {text[1]}"
 
-    acc = _metric(data, "test_accuracy")
+    acc = data.metric("test_accuracy")
     rows = [
         ("run id / source", f"{data.run_id} / {'Zarr store' if data.source == 'zarr' else 'per-λ CSV files'}"),
         ("λ finished", f"{lam.size} of {data.total_lambdas}, λ ∈ [{lam[lo]:.4g}, {lam[hi]:.4g}]"),
@@ -98,17 +84,17 @@ def _headline(data: SweepData, derived: Derived, branches: Mapping) -> list[tupl
         ("outliers above the bulk (on μ)", at(derived.n_outliers, "{:.0f}")),
         ("gap μ₁/μ_k", at(derived.gap, "{:.3g}")),
         ("unconverged pairs", _unconverged_count(data)),
-        ("train loss", at(_metric(data, "train_loss"))),
-        ("test loss", at(_metric(data, "test_loss"))),
+        ("train loss", at(data.metric("train_loss"))),
+        ("test loss", at(data.metric("test_loss"))),
         ("test accuracy", at(100 * acc, "{:.2f}%")),
     ]
     if np.isfinite(acc).any():
         best = int(np.nanargmax(acc))
         rows.append(("best test accuracy", f"{100 * acc[best]:.2f}% at λ = {lam[best]:.4g}"))
     rows += [
-        ("‖θ − θ_ref‖", at(_metric(data, "distance_to_anchor"))),
-        ("‖∇L_eff‖ (max)", "—" if not np.isfinite(_metric(data, "grad_norm")).any()
-         else f"{np.nanmax(_metric(data, 'grad_norm')):.3g}"),
+        ("‖θ − θ_ref‖", at(data.metric("distance_to_anchor"))),
+        ("‖∇L_eff‖ (max)", "—" if not np.isfinite(data.metric("grad_norm")).any()
+         else f"{np.nanmax(data.metric('grad_norm')):.3g}"),
         _branch_headline(derived, branches),
     ]
     if derived.has_vectors:
@@ -152,13 +138,13 @@ def render_report(out: str | Path, run_id: str | None = None, *, source: str = "
                   outlier_factor: float = DEFAULT_OUTLIER_FACTOR, min_overlap: float = DEFAULT_MIN_OVERLAP,
                   formats: Sequence[str] = FORMATS, keep_figures: bool = False) -> ReportResult:
     """Read run ``run_id`` of ``out`` (:func:`load_sweep`) and write its report into ``out/report-ID/``."""
-    _check_settings(outlier_factor, min_overlap, formats)
+    check_settings(outlier_factor, min_overlap, formats)
     data = load_sweep(out, run_id, source=source)
     return write_report(data, Path(out) / f"report-{data.run_id}", outlier_factor=outlier_factor,
                         min_overlap=min_overlap, formats=formats, keep_figures=keep_figures)
 
 
-def _check_settings(outlier_factor, min_overlap, formats) -> None:
+def check_settings(outlier_factor, min_overlap, formats) -> None:
     if not (math.isfinite(outlier_factor) and outlier_factor > 0):
         raise UsageError(f"--outlier-factor {outlier_factor}: must be a positive number")
     if not UNIQUE_OVERLAP - 1e-12 <= min_overlap <= 1:
@@ -175,14 +161,14 @@ def write_report(data: SweepData, directory: str | Path, *, outlier_factor: floa
 
     Returns the files written, the content of ``derived.json`` and (``keep_figures=True``) the figures.
     """
-    _check_settings(outlier_factor, min_overlap, formats)
+    check_settings(outlier_factor, min_overlap, formats)
     derived = compute_derived(data, outlier_factor=outlier_factor, min_overlap=min_overlap)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     files: list[Path] = []
 
     cols = _columns(data, derived)
-    lines = [",".join(cols)] + [",".join(_cell(c[i]) for c in cols.values()) for i in range(data.lambdas.size)]
+    lines = [",".join(cols)] + [",".join(csv_cell(c[i]) for c in cols.values()) for i in range(data.lambdas.size)]
     files.append(results.atomic_write(directory / "derived.csv",
                                       lambda tmp: tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")))
 
@@ -194,7 +180,7 @@ def write_report(data: SweepData, directory: str | Path, *, outlier_factor: floa
         plots[name] = {"files": [p.name for p in paths], "series": series[name],
                        "lines": sum(len(ax.lines) for ax in fig.axes)}
 
-    branches = _branches(data, derived)
+    branches = branch_curves(data, derived)
     headline = _headline(data, derived, branches)
     report = {
         "run_id": data.run_id,
@@ -224,7 +210,7 @@ def write_report(data: SweepData, directory: str | Path, *, outlier_factor: floa
         "max_overlap": derived.max_overlap,
         "branches": {str(b): v for b, v in branches.items()},
         "n_branches": len(branches),
-        **_branch_summary(data, derived),
+        **branch_summary(data, derived),
         "extras": sorted(data.extras),
         "plots": plots,
         "headline": dict(headline),
@@ -245,10 +231,6 @@ def _lambda_axis(lam: np.ndarray) -> str:
     return "log, λ = 0 apart" if np.any(lam == 0) else "log"
 
 
-def _fmt(v: float) -> str:
-    return "—" if not math.isfinite(v) else f"{v:.6g}"
-
-
 def _unconverged_section(data: SweepData) -> list[str]:
     out = ["## Unconverged eigenpairs", ""]
     if not data.has_flags:
@@ -260,8 +242,8 @@ def _unconverged_section(data: SweepData) -> list[str]:
     out += [f"{len(rows)} pairs did not meet the solver's tolerance; they are hollow red circles in the "
             "eigenvalue plots and are not results:", "",
             "| λ | top/bottom | index | θ | μ = θ − 2λ | residual | error bound |", "|---|---|---|---|---|---|---|"]
-    out += [f"| {r['lambda']:.6g} | {r['kind']} | {r['index']} | {_fmt(r['eigenvalue'])} | {_fmt(r['mu'])} | "
-            f"{_fmt(r['residual'])} | {_fmt(r['error_bound'])} |" for r in rows]
+    out += [f"| {r['lambda']:.6g} | {r['kind']} | {r['index']} | {short_number(r['eigenvalue'])} | {short_number(r['mu'])} | "
+            f"{short_number(r['residual'])} | {short_number(r['error_bound'])} |" for r in rows]
     return out + [""]
 
 
