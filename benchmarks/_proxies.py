@@ -28,7 +28,8 @@ def basis_selects(batch: int = 8, k: int = 16, samples: int = 512) -> dict:
     import jax.numpy as jnp
 
     import hessjax
-    from hessjax.hvp import chunk_data, linearize_hessian, linearized_flat_hessian_matvec
+    from hessjax.hvp import chunk_data
+    from hessjax.linearized import linearize_hessian, linearized_flat_hessian_matvec
     from hessjax.lanczos import default_num_iters, top_k_eigenpairs, top_k_eigenpairs_batched
 
     data = hessjax.load_mnist(train_samples=samples, test_samples=1)

@@ -58,7 +58,8 @@ def solver(manifest: dict, k: int):
     from hessjax import load_mnist
     from hessjax.anchors import default_anchor_path
     from hessjax.bridges import load_anchor
-    from hessjax.hvp import chunk_data, linearize_hessian, linearized_flat_hessian_matvec
+    from hessjax.hvp import chunk_data
+    from hessjax.linearized import linearize_hessian, linearized_flat_hessian_matvec
     from hessjax.lanczos import top_k_eigenpairs
 
     cfg = manifest["config"]

@@ -106,7 +106,8 @@ def worker(args) -> None:
         from jax.flatten_util import ravel_pytree
 
         import hessjax
-        from hessjax.hvp import chunk_data, flat_hessian_matvec, linearize_hessian, linearized_flat_hessian_matvec
+        from hessjax.hvp import chunk_data, flat_hessian_matvec
+        from hessjax.linearized import linearize_hessian, linearized_flat_hessian_matvec
 
         dtype = jnp.float64 if method == "reference" else jnp.float32
         params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype), params_np)

@@ -9,7 +9,7 @@ samples, in float32, with one seeded random ``v`` shared by every method:
 * ``hessjax``             — ``jit(hessjax.flat_hessian_matvec)``: forward-over-reverse over chunks
                             (forward and gradient recomputed for every v; ~4.75 forward passes);
 * ``hessjax_linearized``  — ``jax.linearize(jax.grad(L_eff), θ)`` once, then its linear map per v;
-* ``hessjax_rop``         — ``hessjax.hvp.linearize_hessian`` once, then
+* ``hessjax_rop``         — ``hessjax.linearized.linearize_hessian`` once, then
                             ``linearized_flat_hessian_matvec`` per v (what a sweep's Lanczos uses);
 * ``torch``               — ``hessjax.bridges.hvp_torch``: double backward, graph rebuilt per v;
 * ``torch_graph_reuse``   — ``hessjax.bridges.TorchHVP``: gradient graph built once (PyHessian's way);
@@ -59,8 +59,8 @@ def jax_setup(params_np, x_np, y_np, lam: float, chunk_size: int, dtype="float32
     import jax.numpy as jnp
     from jax.flatten_util import ravel_pytree
 
-    from hessjax.hvp import (chunk_data, dataset_grad, flat_hessian_matvec, linearize_hessian,
-                             linearized_flat_hessian_matvec)
+    from hessjax.hvp import chunk_data, dataset_grad, flat_hessian_matvec
+    from hessjax.linearized import linearize_hessian, linearized_flat_hessian_matvec
 
     params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype), params_np)
     chunks = chunk_data(jnp.asarray(x_np, dtype), jnp.asarray(y_np, jnp.int32), chunk_size)

@@ -1,15 +1,22 @@
 """Anchor ``.pth`` files in and out: an explicit shape table, never guesses by name.
 
-A PyTorch anchor is a state dict of ``nn.Linear`` weight/bias pairs. :func:`load_anchor` reads one
-with ``torch.load(..., weights_only=True)`` (a ``.pth`` is a pickle; a pickle from someone else must
-never run code), pairs every 2-D ``<module>.weight`` with the 1-D ``<module>.bias`` of the same
-module, and orders the layers by checking each shape against a chain from ``n_inputs`` (784) to
-``n_classes`` (10): key order when it chains, otherwise the one ordering the shapes allow. The
-anchor's own chain defines the architecture (784→128→128→10, 784→256→256→10, ...). Anything else is
-refused with an :class:`AnchorError` naming the file, the key and the expected and found shape or
-dtype.
+A PyTorch anchor is a state dict. :func:`load_anchor` reads one with ``torch.load(...,
+weights_only=True)`` (a ``.pth`` is a pickle; a pickle from someone else must never run code) and
+matches its tensors to a model's parameters (:mod:`hessjax.bridges.layers`):
 
-Accepted layouts (the tensors themselves are always ``{<module>.weight, <module>.bias}`` pairs):
+* for the MLP (no ``model``, or an MLP), every 2-D ``<module>.weight`` is paired with the 1-D
+  ``<module>.bias`` of the same module and the layers are ordered by checking each shape against a
+  chain from ``n_inputs`` (784) to ``n_classes`` (10; any with ``None``): key order when it chains,
+  otherwise the one ordering the shapes allow. The anchor's own chain defines the architecture
+  (784→128→128→10, 784→256→256→10, ...); a convolution kernel is refused as not an MLP anchor;
+* for any other :class:`hessjax.models.Model` (``model=``: LeNet, a Flax module, your own), the
+  tensors must be exactly the model's parameters, by key where the keys are the model's (after a
+  common prefix), else in state-dict order, every shape checked.
+
+Anything else is refused with an :class:`AnchorError` naming the file, the key and the expected and
+found shape or dtype.
+
+Accepted layouts (for the MLP the tensors are always ``{<module>.weight, <module>.bias}`` pairs):
 
 * a plain state dict of ``nn.Sequential`` (``0.weight``, ``0.bias``, ``2.weight``, ...),
 * named layers (``fc1.weight``, ``fc1.bias``, ...), any module path (``net.0.weight``, ...),
@@ -24,7 +31,7 @@ be stale). Run ``python -m hessjax.bridges.anchor PATH`` to check a file from th
 
 Flat vectors (gradients, eigenvectors) are in hessjax order, ``ravel_pytree(params)[0]``, which is
 ``torch.nn.utils.parameters_to_vector`` order: for each layer along the chain, the weight
-``[out, in]`` row-major, then the bias ``[out]``. (For a module that registers its layers out of
+(``[out, in]``, or ``[out, in, kh, kw]`` for a convolution) row-major, then the bias ``[out]``. (For a module that registers its layers out of
 forward order, which is accepted when the shapes fix the order, its own ``parameters()`` order differs
 from this chain order; state dicts written here are keyed, so loading them is unaffected.)
 
@@ -39,6 +46,7 @@ import collections
 import contextlib
 import hashlib
 import io
+import math
 import os
 import re
 import sys
@@ -48,188 +56,84 @@ from collections.abc import Mapping
 from typing import NamedTuple, Sequence
 
 import jax
-import jax.numpy as jnp
-import ml_dtypes
 import numpy as np
 import torch
 
-from hessjax.model import Params
+from hessjax.models import Model, Params
 
-from . import _EXPORTS
+from . import EXPORTS
+from .layers import check_finite, common_prefix, layer_chain, mlp_layers, shape_str, table_layers
+from .tensors import (FLOAT_DTYPES, AnchorError, as_numpy, numpy_dtype, numpy_to_tensor, tensor_to_numpy,
+                      to_jax)
 
-# the names hessjax.bridges re-exports (listed in its _EXPORTS), then the array conversions and the CLI
-__all__ = [*_EXPORTS["anchor"], "as_numpy", "numpy_to_tensor", "tensor_to_numpy", "to_jax", "main"]
+# the names hessjax.bridges re-exports (listed in its EXPORTS), then the array conversions and the CLI
+__all__ = [*EXPORTS["anchor"], "as_numpy", "numpy_to_tensor", "tensor_to_numpy", "to_jax", "main"]
 
 N_INPUTS = 784
 N_CLASSES = 10
 
-#: The dtypes an anchor may have (one for all its tensors).
-FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
 #: Checkpoint keys under which a state dict may be nested.
 CONTAINER_KEYS = ("state_dict", "model_state_dict")
-
-_MAX_LAYERS = 64
-
-
-class AnchorError(ValueError):
-    """An anchor file or state dict that does not fit; the message names the file and the key."""
 
 
 class Anchor(NamedTuple):
     """A loaded anchor: hessjax parameters plus everything needed to write results back."""
 
-    params: Params  # ((weight [out, in], bias [out]), ...) jax arrays in the anchor's dtype, chain order
-    keys: tuple  # ((weight_key, bias_key), ...) the anchor's own key names, chain order
-    sizes: tuple  # (in, hidden..., out), e.g. (784, 128, 128, 10)
+    params: Params  # ((weight, bias), ...) jax arrays in the anchor's dtype, torch layout, parameter order
+    keys: tuple  # ((weight_key, bias_key), ...) the anchor's own key names, parameter order
+    sizes: tuple | None  # an MLP's width chain (in, hidden..., out), e.g. (784, 128, 128, 10); None otherwise
     dtype: torch.dtype  # the anchor's float dtype (all tensors share it)
     path: str  # the file it was read from ("<state dict>" when built in memory)
     sha256: str  # hex digest of the file's bytes ("" when built in memory)
     prefix: str  # dotted module path common to every key, e.g. "module." or "" (informational)
     container: str | None  # "state_dict" / "model_state_dict" if nested in a checkpoint, else None
     state_dict_keys: tuple  # every key in the original order (what save_state_dict writes)
+    model: str = "mlp"  # the model its tensors were matched to
 
     @property
     def num_params(self) -> int:
         """``P``, the length of the flat parameter vector."""
-        return sum(int(np.prod(w.shape)) + int(b.shape[0]) for w, b in self.params)
-
-
-# --------------------------------------------------------------------------- tensor conversion
-
-
-def tensor_to_numpy(t: torch.Tensor) -> np.ndarray:
-    """A bit-exact numpy copy of a CPU tensor (bfloat16 via ``ml_dtypes``)."""
-    t = t.detach().cpu().contiguous()
-    if t.dtype == torch.bfloat16:
-        return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16).copy()
-    return t.numpy().copy()
-
-
-def numpy_to_tensor(a: np.ndarray) -> torch.Tensor:
-    """A bit-exact, writable torch copy of a numpy array (bfloat16 via ``ml_dtypes``)."""
-    a = np.array(a, copy=True, order="C")
-    if a.dtype == ml_dtypes.bfloat16:
-        return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
-    return torch.from_numpy(a)
-
-
-def _numpy_dtype(dtype: torch.dtype) -> np.dtype:
-    if dtype == torch.bfloat16:
-        return np.dtype(ml_dtypes.bfloat16)
-    return torch.empty((), dtype=dtype).numpy().dtype
-
-
-def as_numpy(x) -> np.ndarray:
-    """A numpy array of a torch tensor (a bit-exact copy, :func:`tensor_to_numpy`), or of a jax array
-    or array-like (``np.asarray``: a view where it can be)."""
-    if isinstance(x, torch.Tensor):
-        return tensor_to_numpy(x)
-    return np.asarray(x)
-
-
-def to_jax(a: np.ndarray, where: str) -> jax.Array:
-    """``jnp.asarray(a)``, refusing float64 values while ``jax_enable_x64`` is off (JAX would round
-    them to float32 silently) with an :class:`AnchorError` whose message starts with ``where``."""
-    if a.dtype == np.float64 and not jax.config.jax_enable_x64:
-        raise AnchorError(
-            f"{where}: float64 values but jax_enable_x64 is off, so JAX would silently round them "
-            "to float32; call jax.config.update('jax_enable_x64', True) first")
-    return jnp.asarray(a)
-
-
-# --------------------------------------------------------------------------- parsing
-
-
-def _shape(t) -> str:
-    return "[" + ", ".join(str(int(s)) for s in t.shape) + "]"
-
-
-def _split_key(key: str) -> tuple[str, str] | None:
-    """``"fc1.weight" -> ("fc1", "weight")``; ``"weight" -> ("", "weight")``; else None."""
-    module, _, leaf = key.rpartition(".")
-    return (module, leaf) if leaf in ("weight", "bias") else None
-
-
-def _common_prefix(modules: Sequence[str]) -> str:
-    """The dotted path shared by every module, with its trailing dot (``"module."``) or ``""``."""
-    parts = [m.split(".") if m else [] for m in modules]
-    common = []
-    for level in zip(*parts):
-        if len(set(level)) != 1:
-            break
-        common.append(level[0])
-    # never swallow a whole module name (a single layer "fc" keeps prefix "")
-    if parts and len(common) == min(len(p) for p in parts):
-        common = common[:-1]
-    return "".join(c + "." for c in common)
-
-
-def _chain_orders(shapes: list[tuple[int, int]], n_inputs: int, n_classes: int, limit: int = 2):
-    """Up to ``limit`` orderings (as shape sequences) of the multiset ``shapes`` of ``(in, out)`` that
-    chain ``n_inputs -> ... -> n_classes`` using every layer once."""
-    counts = collections.Counter(shapes)
-    found: list[list[tuple[int, int]]] = []
-    path: list[tuple[int, int]] = []
-
-    def visit(width: int) -> None:
-        if len(found) >= limit:
-            return
-        if len(path) == len(shapes):
-            if width == n_classes:
-                found.append(list(path))
-            return
-        for shape in sorted(counts):
-            if shape[0] == width and counts[shape]:
-                counts[shape] -= 1
-                path.append(shape)
-                visit(shape[1])
-                path.pop()
-                counts[shape] += 1
-
-    visit(n_inputs)
-    return found
-
-
-class _Layer(NamedTuple):
-    """One ``Linear`` of a state dict: its module path, its two keys and its tensors."""
-
-    module: str  # e.g. "module.fc1" ("" for bare "weight" / "bias" keys)
-    wkey: str
-    bkey: str
-    weight: torch.Tensor  # [out, in]
-    bias: torch.Tensor  # [out]
+        return sum(math.prod(a.shape) for layer in self.params for a in layer)
 
 
 def anchor_from_state_dict(state_dict: Mapping, *, path: str = "<state dict>", sha256: str = "",
                            container: str | None = None, sizes: Sequence[int] | None = None,
-                           n_inputs: int = N_INPUTS, n_classes: int = N_CLASSES) -> Anchor:
-    """An :class:`Anchor` from an in-memory state dict of ``Linear`` weight/bias pairs.
+                           n_inputs: int = N_INPUTS, n_classes: int | None = N_CLASSES,
+                           model: Model | None = None) -> Anchor:
+    """An :class:`Anchor` from an in-memory state dict.
 
     The same checks as :func:`load_anchor` (which calls this after reading the file); ``path`` only
-    labels the messages. With ``sizes`` given, the chain must be exactly that; otherwise it runs from
-    ``n_inputs`` to ``n_classes`` through whatever hidden widths the anchor has.
+    labels the messages. Without ``model`` (or with an MLP) the tensors are ``Linear`` pairs: with
+    ``sizes`` given the chain must be exactly that; otherwise it runs from ``n_inputs`` to
+    ``n_classes`` (any width for ``None``) through whatever hidden widths the anchor has. With any
+    other ``model`` they must be exactly its parameters (:func:`hessjax.bridges.layers.table_layers`).
     """
-    sizes, n_inputs, n_classes = _chain_ends(sizes, n_inputs, n_classes)
     where = path if container is None else f"{path} [{container!r}]"
-    _check_state_dict(state_dict, where, n_inputs, n_classes)
-    modules, dtype = _tensors_by_module(state_dict, where)
-    layers = _chain_order(_pair_layers(modules, where), where, n_inputs, n_classes, sizes)
-    _check_finite(layers, where)
+    if model is not None and model.mlp is not None and sizes is None:
+        sizes = model.mlp.sizes
+    if model is None or model.mlp is not None:
+        sizes, n_inputs, n_classes = _chain_ends(sizes, n_inputs, n_classes)
+        layers, dtype = mlp_layers(state_dict, where, n_inputs, n_classes, sizes)
+        chain, name = layer_chain(layers), "mlp"
+    else:
+        layers, dtype = table_layers(state_dict, where, model.name, model.keys, model.shapes())
+        chain, name = None, model.name
+    check_finite(layers, where)
     return Anchor(
-        params=tuple((to_jax(tensor_to_numpy(w), where), to_jax(tensor_to_numpy(b), where)) for *_, w, b in layers),
-        keys=tuple((layer.wkey, layer.bkey) for layer in layers),
-        sizes=_chain_sizes(_layer_shapes(layers)),
+        params=tuple(tuple(to_jax(tensor_to_numpy(t), where) for t in layer.tensors) for layer in layers),
+        keys=tuple(layer.keys for layer in layers),
+        sizes=chain,
         dtype=dtype,
         path=path,
         sha256=sha256,
-        prefix=_common_prefix([layer.module for layer in layers]),
+        prefix=common_prefix([layer.module for layer in layers]),
         container=container,
         state_dict_keys=tuple(state_dict.keys()),
+        model=name,
     )
 
 
-def _chain_ends(sizes, n_inputs: int, n_classes: int) -> tuple[tuple[int, ...] | None, int, int]:
+def _chain_ends(sizes, n_inputs: int, n_classes: int | None) -> tuple[tuple[int, ...] | None, int, int | None]:
     """``(sizes, n_inputs, n_classes)`` with ``sizes`` as a tuple of ints; when given, its first and
     last widths are the chain's ends."""
     if sizes is not None:
@@ -240,143 +144,8 @@ def _chain_ends(sizes, n_inputs: int, n_classes: int) -> tuple[tuple[int, ...] |
     return sizes, n_inputs, n_classes
 
 
-def _check_state_dict(state_dict, where: str, n_inputs: int, n_classes: int) -> None:
-    """Refuse anything but a non-empty mapping."""
-    if not isinstance(state_dict, Mapping):
-        raise AnchorError(f"{where}: expected a state dict (a dict of tensors), found {type(state_dict).__name__}")
-    if not state_dict:
-        raise AnchorError(f"{where}: the state dict is empty; expected Linear weight/bias pairs "
-                          f"chaining {n_inputs} -> ... -> {n_classes}")
-
-
-def _check_entry(key, value, where: str) -> tuple[str, str]:
-    """One entry must be a dense float tensor named ``<module>.weight`` or ``<module>.bias``;
-    returns ``(module, "weight" | "bias")``."""
-    if not isinstance(key, str):
-        raise AnchorError(f"{where}: key {key!r} is a {type(key).__name__}, expected a str like 'fc1.weight'")
-    if not isinstance(value, torch.Tensor):
-        raise AnchorError(f"{where}: key {key!r} holds a {type(value).__name__}, expected a tensor "
-                          "(only Linear weight/bias pairs are accepted)")
-    split = _split_key(key)
-    if split is None:
-        raise AnchorError(f"{where}: unexpected tensor {key!r} {_shape(value)}: only Linear "
-                          "'<module>.weight' / '<module>.bias' pairs are accepted")
-    if value.layout != torch.strided or value.is_quantized:
-        raise AnchorError(f"{where}: key {key!r} is a {value.layout} / quantized tensor, expected a dense one")
-    if value.dtype not in FLOAT_DTYPES:
-        raise AnchorError(f"{where}: key {key!r} has dtype {value.dtype}, expected a float dtype "
-                          f"({', '.join(str(d) for d in FLOAT_DTYPES)})")
-    return split
-
-
-def _tensors_by_module(state_dict: Mapping, where: str) -> tuple[dict[str, dict[str, torch.Tensor]], torch.dtype]:
-    """Every entry checked (:func:`_check_entry`), in key order, and grouped as
-    ``{module: {"weight": w, "bias": b}}`` (modules in order of first appearance); with the one
-    dtype that every tensor must share."""
-    modules: dict[str, dict[str, torch.Tensor]] = {}
-    dtype = first_key = None
-    for key in state_dict.keys():
-        value = state_dict[key]
-        module, leaf = _check_entry(key, value, where)
-        if dtype is None:
-            dtype, first_key = value.dtype, key
-        elif value.dtype != dtype:
-            raise AnchorError(f"{where}: key {key!r} has dtype {value.dtype} but {first_key!r} has {dtype}; "
-                              "every tensor of an anchor must share one dtype")
-        modules.setdefault(module, {})[leaf] = value
-    return modules, dtype
-
-
-def _pair_layers(modules: dict[str, dict[str, torch.Tensor]], where: str) -> list[_Layer]:
-    """Each module's 2-D weight with its 1-D bias of as many rows, in key order (at most
-    ``_MAX_LAYERS`` of them)."""
-    layers = []
-    for module, pair in modules.items():
-        wkey, bkey = (f"{module}.weight", f"{module}.bias") if module else ("weight", "bias")
-        if "weight" not in pair:
-            raise AnchorError(f"{where}: key {bkey!r} {_shape(pair['bias'])} has no weight {wkey!r}")
-        if "bias" not in pair:
-            raise AnchorError(f"{where}: key {wkey!r} {_shape(pair['weight'])} has no bias {bkey!r}; "
-                              "every Linear layer needs its bias")
-        w, b = pair["weight"], pair["bias"]
-        if w.ndim != 2:
-            raise AnchorError(f"{where}: key {wkey!r} has shape {_shape(w)}, expected a 2-D [out, in] weight")
-        if b.ndim != 1 or b.shape[0] != w.shape[0]:
-            raise AnchorError(f"{where}: key {bkey!r} has shape {_shape(b)}, expected [{w.shape[0]}] "
-                              f"(the rows of {wkey!r} {_shape(w)})")
-        layers.append(_Layer(module, wkey, bkey, w, b))
-    if len(layers) > _MAX_LAYERS:
-        raise AnchorError(f"{where}: {len(layers)} layers, more than the {_MAX_LAYERS} accepted")
-    return layers
-
-
-def _layer_shapes(layers: Sequence[_Layer]) -> list[tuple[int, int]]:
-    """``(in, out)`` of each layer."""
-    return [(int(layer.weight.shape[1]), int(layer.weight.shape[0])) for layer in layers]
-
-
-def _chain_order(layers: list[_Layer], where: str, n_inputs: int, n_classes: int, sizes) -> list[_Layer]:
-    """The layers ordered so that their shapes chain ``n_inputs -> ... -> n_classes`` (exactly
-    ``sizes`` when given): key order if it does, otherwise the one order the shapes allow; no order,
-    or more than one, is refused."""
-    shapes = _layer_shapes(layers)
-    if _chains(shapes, n_inputs, n_classes, sizes):
-        return layers
-    table = ", ".join(f"{layer.wkey!r} {_shape(layer.weight)}" for layer in layers)
-    orders = [o for o in _chain_orders(shapes, n_inputs, n_classes) if sizes is None or _chain_sizes(o) == sizes]
-    if not orders:
-        expected = " -> ".join(map(str, sizes)) if sizes else f"{n_inputs} -> ... -> {n_classes}"
-        raise AnchorError(f"{where}: {_diagnose(layers, n_inputs, n_classes, sizes)}; the weights "
-                          f"[{table}] do not chain {expected} in any order (a layer missing, extra or "
-                          "of the wrong shape)")
-    dupes = sorted(s for s, c in collections.Counter(shapes).items() if c > 1)
-    if len(orders) > 1 or dupes:
-        raise AnchorError(f"{where}: the weights [{table}] do not chain in key order, and their shapes "
-                          "allow more than one order; refusing to guess")
-    by_shape = dict(zip(shapes, layers))
-    return [by_shape[s] for s in orders[0]]
-
-
-def _check_finite(layers: Sequence[_Layer], where: str) -> None:
-    """Refuse a NaN or Inf anywhere, naming the first tensor (chain order) that has one."""
-    for _, wkey, bkey, w, b in layers:
-        for key, t in ((wkey, w), (bkey, b)):
-            n_nan, n_inf = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
-            if n_nan or n_inf:
-                raise AnchorError(f"{where}: key {key!r} {_shape(t)} has {n_nan} NaN and {n_inf} Inf values; "
-                                  "an anchor must be finite")
-
-
-def _diagnose(layers, n_inputs, n_classes, sizes) -> str:
-    """Where the key-order chain first breaks: the key, its shape and the shape expected there."""
-    if sizes is not None and len(layers) != len(sizes) - 1:
-        return f"expected {len(sizes) - 1} layers for sizes {sizes}, found {len(layers)}"
-    width, source = n_inputs, f"the {n_inputs} inputs"
-    for i, (_, wkey, _, w, _) in enumerate(layers):
-        out = "*" if sizes is None else sizes[i + 1]
-        if w.shape[1] != width or (sizes is not None and w.shape[0] != out):
-            return f"key {wkey!r} has shape {_shape(w)}, expected [{out}, {width}] (fed by {source})"
-        width, source = int(w.shape[0]), repr(wkey)
-    wkey, w = layers[-1][1], layers[-1][3]
-    return (f"key {wkey!r} has shape {_shape(w)}, expected [{n_classes}, {w.shape[1]}] "
-            f"(the last layer must give the {n_classes} classes)")
-
-
-def _is_chain(shapes) -> bool:
-    return all(a[1] == b[0] for a, b in zip(shapes[:-1], shapes[1:]))
-
-
-def _chain_sizes(shapes) -> tuple[int, ...]:
-    return (shapes[0][0],) + tuple(out for _, out in shapes)
-
-
-def _chains(shapes, n_inputs, n_classes, sizes) -> bool:
-    ok = _is_chain(shapes) and shapes[0][0] == n_inputs and shapes[-1][1] == n_classes
-    return ok and (sizes is None or _chain_sizes(shapes) == sizes)
-
-
 def load_anchor(path, *, sizes: Sequence[int] | None = None, n_inputs: int = N_INPUTS,
-                n_classes: int = N_CLASSES) -> Anchor:
+                n_classes: int | None = N_CLASSES, model: Model | None = None) -> Anchor:
     """Read and check an anchor ``.pth`` file; see the module docstring for the accepted layouts.
 
     The file is read once, hashed (``sha256``) and unpickled from those bytes with
@@ -384,10 +153,12 @@ def load_anchor(path, *, sizes: Sequence[int] | None = None, n_inputs: int = N_I
     construct something other than tensors and plain containers. ``params`` keep the anchor's own
     float dtype (a float64 anchor needs ``jax_enable_x64``). ``sizes`` pins the chain exactly, which
     also catches a missing hidden layer between equal widths; by default any chain from
-    ``n_inputs`` to ``n_classes`` is accepted.
+    ``n_inputs`` to ``n_classes`` is accepted. ``model`` (a :class:`hessjax.models.Model` that is not
+    an MLP) matches the tensors to its parameter table instead.
 
     Raises :class:`AnchorError` for a missing, unreadable, truncated, non-pickle or code-carrying
-    file, and for any content that is not exactly a chain of finite float ``Linear`` weight/bias pairs.
+    file, and for any content that is not exactly a chain of finite float ``Linear`` weight/bias pairs
+    (or, with ``model``, exactly that model's finite parameters).
     """
     name = os.fspath(path)
     if not os.path.exists(name):
@@ -415,7 +186,7 @@ def load_anchor(path, *, sizes: Sequence[int] | None = None, n_inputs: int = N_I
 
     obj, container = _unwrap_checkpoint(obj, name)
     return anchor_from_state_dict(obj, path=name, sha256=sha256, container=container, sizes=sizes,
-                                  n_inputs=n_inputs, n_classes=n_classes)
+                                  n_inputs=n_inputs, n_classes=n_classes, model=model)
 
 
 def _unwrap_checkpoint(obj, name: str) -> tuple[object, str | None]:
@@ -448,8 +219,10 @@ def _unsafe_reason(exc: Exception) -> str:
 def _check_params(params: Params, anchor: Anchor, what: str = "params") -> None:
     if len(params) != len(anchor.keys):
         raise ValueError(f"{what} has {len(params)} layers, the anchor {anchor.path} has {len(anchor.keys)}")
-    for (w, b), (wa, ba), (wkey, bkey) in zip(params, anchor.params, anchor.keys):
-        for key, p, a in ((wkey, w, wa), (bkey, b, ba)):
+    for layer, ref, keys in zip(params, anchor.params, anchor.keys):
+        if len(layer) != len(keys):
+            raise ValueError(f"{what}: layer {keys} has {len(layer)} arrays, expected {len(keys)}")
+        for key, p, a in zip(keys, layer, ref):
             if tuple(p.shape) != tuple(a.shape):
                 raise ValueError(f"{what}: {key!r} has shape {list(p.shape)}, expected {list(a.shape)}")
 
@@ -461,11 +234,11 @@ def params_to_state_dict(params: Params, anchor: Anchor, *, dtype: torch.dtype |
     that dtype, the bits are unchanged.
     """
     _check_params(params, anchor)
-    np_dtype = _numpy_dtype(anchor.dtype if dtype is None else dtype)
+    np_dtype = numpy_dtype(anchor.dtype if dtype is None else dtype)
     by_key = {}
-    for (w, b), (wkey, bkey) in zip(params, anchor.keys):
-        by_key[wkey] = numpy_to_tensor(as_numpy(w).astype(np_dtype, copy=False))
-        by_key[bkey] = numpy_to_tensor(as_numpy(b).astype(np_dtype, copy=False))
+    for layer, keys in zip(params, anchor.keys):
+        for key, a in zip(keys, layer):
+            by_key[key] = numpy_to_tensor(as_numpy(a).astype(np_dtype, copy=False))
     return collections.OrderedDict((k, by_key[k]) for k in anchor.state_dict_keys)
 
 
@@ -478,17 +251,17 @@ def state_dict_to_params(state_dict: Mapping, anchor: Anchor) -> Params:
         raise AnchorError(f"state dict: keys differ from the anchor {anchor.path}: "
                           f"missing {missing}, unexpected {extra}")
     params = []
-    for (wkey, bkey), (wa, ba) in zip(anchor.keys, anchor.params):
-        pair = []
-        for key, a in ((wkey, wa), (bkey, ba)):
+    for keys, ref in zip(anchor.keys, anchor.params):
+        layer = []
+        for key, a in zip(keys, ref):
             t = state_dict[key]
             if not isinstance(t, torch.Tensor) or t.dtype not in FLOAT_DTYPES:
                 raise AnchorError(f"state dict: key {key!r} is not a float tensor "
                                   f"(found {getattr(t, 'dtype', type(t).__name__)})")
             if tuple(t.shape) != tuple(a.shape):
-                raise AnchorError(f"state dict: key {key!r} has shape {_shape(t)}, expected {_shape(a)}")
-            pair.append(to_jax(tensor_to_numpy(t), "state dict"))
-        params.append(tuple(pair))
+                raise AnchorError(f"state dict: key {key!r} has shape {shape_str(t)}, expected {shape_str(a)}")
+            layer.append(to_jax(tensor_to_numpy(t), "state dict"))
+        params.append(tuple(layer))
     return tuple(params)
 
 
@@ -524,12 +297,13 @@ def save_state_dict(path, params: Params, anchor: Anchor) -> str:
 # --------------------------------------------------------------------------- flat vectors
 
 
-def _flat_names_and_sizes(anchor: Anchor):
-    names, counts = [], []
-    for (w, b), (wkey, bkey) in zip(anchor.params, anchor.keys):
-        names += [wkey, bkey]
-        counts += [int(np.prod(w.shape)), int(b.shape[0])]
-    return names, counts
+def _flat_names_and_shapes(anchor: Anchor):
+    names, shapes = [], []
+    for layer, keys in zip(anchor.params, anchor.keys):
+        for key, a in zip(keys, layer):
+            names.append(key)
+            shapes.append(tuple(a.shape))
+    return names, shapes
 
 
 def flat_to_state_dict(vector, anchor: Anchor):
@@ -542,18 +316,17 @@ def flat_to_state_dict(vector, anchor: Anchor):
     if v.shape != (p,):
         raise ValueError(f"vector has shape {list(v.shape)}, expected [{p}] for the anchor {anchor.path}")
     by_key, start = {}, 0
-    for (w, b), (wkey, bkey) in zip(anchor.params, anchor.keys):
-        for key, shape in ((wkey, w.shape), (bkey, b.shape)):
-            stop = start + int(np.prod(shape))
-            by_key[key] = numpy_to_tensor(v[start:stop].reshape(shape))
-            start = stop
+    for key, shape in zip(*_flat_names_and_shapes(anchor)):
+        stop = start + math.prod(shape)
+        by_key[key] = numpy_to_tensor(v[start:stop].reshape(shape))
+        start = stop
     return collections.OrderedDict((k, by_key[k]) for k in anchor.state_dict_keys)
 
 
 def parameter_names(anchor: Anchor) -> list[str]:
     """For each of the ``P`` flat entries (hessjax order), the key of the tensor it belongs to."""
-    names, counts = _flat_names_and_sizes(anchor)
-    return np.repeat(np.asarray(names, dtype=object), counts).tolist()
+    names, shapes = _flat_names_and_shapes(anchor)
+    return np.repeat(np.asarray(names, dtype=object), [math.prod(s) for s in shapes]).tolist()
 
 
 # --------------------------------------------------------------------------- command line
@@ -561,17 +334,18 @@ def parameter_names(anchor: Anchor) -> list[str]:
 
 def _summary(anchor: Anchor) -> str:
     layout = "plain state dict" if anchor.container is None else f"checkpoint[{anchor.container!r}]"
+    shape = f"chain    {' -> '.join(map(str, anchor.sizes))}" if anchor.sizes else f"model    {anchor.model}"
     lines = [
         f"file     {anchor.path}",
         f"sha256   {anchor.sha256}",
         f"layout   {layout}, key prefix {anchor.prefix!r}",
         f"dtype    {anchor.dtype}",
-        f"chain    {' -> '.join(map(str, anchor.sizes))}",
+        shape,
         f"P        {anchor.num_params}",
         "layers",
     ]
-    for i, ((w, b), (wkey, bkey)) in enumerate(zip(anchor.params, anchor.keys)):
-        lines.append(f"  {i}  {wkey} {_shape(w)}  {bkey} {_shape(b)}")
+    for i, (layer, keys) in enumerate(zip(anchor.params, anchor.keys)):
+        lines.append(f"  {i}  " + "  ".join(f"{k} {shape_str(a)}" for k, a in zip(keys, layer)))
     return "\n".join(lines)
 
 
@@ -581,13 +355,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hessjax.bridges.anchor",
                                      description="Check a PyTorch anchor .pth file and print its summary.")
     parser.add_argument("path", help="the .pth file")
+    parser.add_argument("--model", default="mlp",
+                        help="the model it belongs to: mlp (any chain from 784 inputs), lenet, or MODULE:ATTR")
     args = parser.parse_args(argv)
     jax.config.update("jax_enable_x64", True)  # summarise float64 anchors without rounding them
+    from hessjax.models import ModelError, resolve_model
+
     try:
+        model = None if args.model == "mlp" else resolve_model(args.model)
         with warnings.catch_warnings():  # e.g. torch's pickle-protocol notice: the answer is one line
             warnings.simplefilter("ignore")
-            anchor = load_anchor(args.path)
-    except AnchorError as exc:
+            anchor = load_anchor(args.path, model=model, n_classes=None)
+    except (AnchorError, ModelError) as exc:
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     print(_summary(anchor))

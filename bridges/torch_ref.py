@@ -3,10 +3,12 @@
 Everything here is written the way a PyTorch user would write it, independently of the JAX code,
 so that agreement between the two is evidence for both:
 
-* :class:`TorchMLP` is ``nn.Sequential(Linear, Sigmoid, Linear, Sigmoid, ..., Linear)``; its state
-  dict keys are ``0.weight``, ``0.bias``, ``2.weight``, ... and ``parameters_to_vector(model.parameters())``
-  is ``ravel_pytree(params)[0]`` of the hessjax params it was built from (:meth:`TorchMLP.from_params`
-  copies the tensors bit for bit).
+* :class:`TorchMLP` is ``nn.Sequential(Linear, Sigmoid, Linear, Sigmoid, ..., Linear)`` (or Tanh,
+  Softplus, GELU); its state dict keys are ``0.weight``, ``0.bias``, ``2.weight``, ... and
+  ``parameters_to_vector(model.parameters())`` is ``ravel_pytree(params)[0]`` of the hessjax params
+  it was built from (:meth:`TorchMLP.from_params` copies the tensors bit for bit).
+* :class:`TorchLeNet` is LeNet-5 exactly as :mod:`hessjax.models.lenet` (keys ``0.*``, ``3.*``,
+  ``7.*``, ``9.*``, ``11.*``); :func:`torch_module` gives the torch module of any model that has one.
 * :func:`effective_loss_torch` is ``F.cross_entropy(model(x), y) + λ Σ_p ‖p − p_ref‖²``.
 * :func:`hvp_torch` is a double backward (``autograd.grad(..., create_graph=True)``, then the
   gradient of ``g · v``) through the whole effective loss, so the penalty's ``2λI`` is *computed*
@@ -28,44 +30,24 @@ import scipy.sparse.linalg
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils import parameters_to_vector
 
-from hessjax.model import DEFAULT_SIZES, Params, layer_sizes
+from hessjax.models import DEFAULT_SIZES, Model, Params, get_activation, layer_sizes
 
-from . import _EXPORTS
-from .anchor import as_numpy, numpy_to_tensor, tensor_to_numpy, to_jax
+from . import EXPORTS
+from .tensors import as_numpy, numpy_to_tensor, tensor_to_numpy, to_jax
 
-__all__ = list(_EXPORTS["torch_ref"])
+__all__ = list(EXPORTS["torch_ref"])
 
 
 # --------------------------------------------------------------------------- model and parameters
 
 
-class TorchMLP(nn.Sequential):
-    """``Linear → Sigmoid → ... → Linear`` over the width chain ``sizes`` (784-128-128-10 by default)."""
+def _torch_activation(name: str) -> nn.Module:
+    return getattr(nn, get_activation(name).torch_name)()
 
-    def __init__(self, sizes: Sequence[int] = DEFAULT_SIZES, dtype: torch.dtype = torch.float32):
-        sizes = tuple(int(s) for s in sizes)
-        if len(sizes) < 2 or any(s < 1 for s in sizes):
-            raise ValueError(f"sizes={sizes} must list at least two positive layer widths")
-        layers: list[nn.Module] = []
-        for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-            layers.append(nn.Linear(fan_in, fan_out, dtype=dtype))
-            if i < len(sizes) - 2:
-                layers.append(nn.Sigmoid())
-        super().__init__(*layers)
-        self.sizes = sizes
 
-    @classmethod
-    def from_params(cls, params: Params) -> "TorchMLP":
-        """A model holding exactly the bits of hessjax ``params`` (sizes and dtype taken from them)."""
-        tensors = torch_params_from_jax(params)
-        model = cls(layer_sizes(params), dtype=tensors[0].dtype)
-        model.load_params(params)
-        return model
-
-    def linears(self) -> list[nn.Linear]:
-        return [m for m in self if isinstance(m, nn.Linear)]
+class _LoadParams:
+    """``load_params``: copy hessjax params into a module's ``parameters()``, bit for bit."""
 
     def load_params(self, params: Params) -> None:
         """Copy hessjax ``params`` into this model, bit for bit (shapes and dtype must match)."""
@@ -78,6 +60,83 @@ class TorchMLP(nn.Sequential):
                 if p.shape != t.shape or p.dtype != t.dtype:
                     raise ValueError(f"param {list(t.shape)} {t.dtype} does not fit {list(p.shape)} {p.dtype}")
                 p.copy_(t)
+
+
+class TorchMLP(_LoadParams, nn.Sequential):
+    """``Linear → act → ... → Linear`` over the width chain ``sizes`` (784-128-128-10 by default), with
+    ``activation`` (sigmoid, tanh, softplus or gelu: ``nn.Sigmoid``, ``nn.Tanh``, ``nn.Softplus()``,
+    ``nn.GELU()``) after every hidden layer."""
+
+    def __init__(self, sizes: Sequence[int] = DEFAULT_SIZES, dtype: torch.dtype = torch.float32,
+                 activation: str = "sigmoid"):
+        sizes = tuple(int(s) for s in sizes)
+        if len(sizes) < 2 or any(s < 1 for s in sizes):
+            raise ValueError(f"sizes={sizes} must list at least two positive layer widths")
+        layers: list[nn.Module] = []
+        for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+            layers.append(nn.Linear(fan_in, fan_out, dtype=dtype))
+            if i < len(sizes) - 2:
+                layers.append(_torch_activation(activation))
+        super().__init__(*layers)
+        self.sizes = sizes
+
+    @classmethod
+    def from_params(cls, params: Params, activation: str = "sigmoid") -> "TorchMLP":
+        """A model holding exactly the bits of hessjax ``params`` (sizes and dtype taken from them)."""
+        tensors = torch_params_from_jax(params)
+        model = cls(layer_sizes(params), dtype=tensors[0].dtype, activation=activation)
+        model.load_params(params)
+        return model
+
+    def linears(self) -> list[nn.Linear]:
+        return [m for m in self if isinstance(m, nn.Linear)]
+
+
+class TorchLeNet(_LoadParams, nn.Sequential):
+    """LeNet-5 exactly as :mod:`hessjax.models.lenet`: ``Conv2d(1,6,5), Sigmoid, AvgPool2d(2), Conv2d(6,16,5),
+    Sigmoid, AvgPool2d(2), Flatten, Linear(256,120), Sigmoid, Linear(120,84), Sigmoid, Linear(84,10)``
+    on ``[N, 1, 28, 28]`` (flat ``[N, 784]`` inputs are viewed as such)."""
+
+    def __init__(self, dtype: torch.dtype = torch.float32):
+        super().__init__(nn.Conv2d(1, 6, 5, dtype=dtype), nn.Sigmoid(), nn.AvgPool2d(2),
+                         nn.Conv2d(6, 16, 5, dtype=dtype), nn.Sigmoid(), nn.AvgPool2d(2), nn.Flatten(),
+                         nn.Linear(256, 120, dtype=dtype), nn.Sigmoid(), nn.Linear(120, 84, dtype=dtype), nn.Sigmoid(),
+                         nn.Linear(84, 10, dtype=dtype))
+
+    def forward(self, x):
+        return super().forward(x.reshape(x.shape[0], 1, 28, 28))
+
+    @classmethod
+    def from_params(cls, params: Params) -> "TorchLeNet":
+        """A LeNet holding exactly the bits of hessjax ``params``."""
+        model = cls(dtype=torch_params_from_jax(params)[0].dtype)
+        model.load_params(params)
+        return model
+
+
+def torch_module(model: Model, params: Params | None = None) -> nn.Module:
+    """The torch module of a hessjax ``model`` (:class:`TorchMLP` of its widths and activation,
+    :class:`TorchLeNet`, or what a user model's ``torch_module()`` builds), holding ``params`` bit for
+    bit when given. ``ValueError`` for a model without a torch counterpart."""
+    if model.mlp is not None:
+        module = TorchMLP(model.mlp.sizes, activation=model.mlp.activation.name)
+    elif model.name == "lenet":
+        module = TorchLeNet()
+    elif model.torch_module is not None:
+        module = model.torch_module()
+    else:
+        raise ValueError(f"model {model.name!r} has no torch module: give it one (make_model(..., torch_module=...))")
+    if params is not None:
+        tensors = torch_params_from_jax(params)
+        module = module.to(tensors[0].dtype)
+        own = list(module.parameters())
+        if len(own) != len(tensors) or any(p.shape != t.shape for p, t in zip(own, tensors)):
+            raise ValueError(f"model {model.name!r}: the torch module's parameters "
+                             f"{[list(p.shape) for p in own]} do not fit {[list(t.shape) for t in tensors]}")
+        with torch.no_grad():
+            for p, t in zip(own, tensors):
+                p.copy_(t)
+    return module
 
 
 def torch_params_from_jax(params: Params) -> list[torch.Tensor]:
@@ -127,7 +186,13 @@ def grad_torch(model: nn.Module, anchor_tensors, lam, x, y) -> torch.Tensor:
     """``∇L_eff`` as a flat ``[P]`` tensor in ``parameters_to_vector`` order."""
     params = [p for p in model.parameters()]
     loss = effective_loss_torch(model, anchor_tensors, lam, x, y)
-    return parameters_to_vector(torch.autograd.grad(loss, params)).detach()
+    return _flatten(torch.autograd.grad(loss, params))
+
+
+def _flatten(tensors) -> torch.Tensor:
+    """Tensors shaped like ``parameters()`` as one flat ``[P]`` tensor in ``parameters_to_vector`` order
+    (``reshape``, not ``view``: a convolution's gradient may come back in another memory layout)."""
+    return torch.cat([t.detach().reshape(-1) for t in tensors])
 
 
 def _flat_v(model: nn.Module, v) -> list[torch.Tensor]:
@@ -153,7 +218,7 @@ def hvp_torch(model: nn.Module, anchor_tensors, lam, x, y, v) -> torch.Tensor:
     grads = torch.autograd.grad(loss, params, create_graph=True)
     vs = _flat_v(model, v)
     gv = sum(torch.sum(g * vi) for g, vi in zip(grads, vs))
-    return parameters_to_vector(torch.autograd.grad(gv, params)).detach()
+    return _flatten(torch.autograd.grad(gv, params))
 
 
 class TorchHVP:
@@ -174,7 +239,7 @@ class TorchHVP:
         self.num_matvecs += 1
         hv = torch.autograd.grad(self.grads, self.params, grad_outputs=_flat_v(self.model, v),
                                  retain_graph=True)
-        return parameters_to_vector(hv).detach()
+        return _flatten(hv)
 
     def numpy_matvec(self, v: np.ndarray) -> np.ndarray:
         """The same on numpy vectors (float64 out), the form :func:`top_k_eigsh` takes."""

@@ -1,10 +1,12 @@
-"""hessjax: Hessian spectra of anchor-regularized MLP losses, in JAX, with a bridge to PyTorch."""
+"""hessjax: Hessian spectra of anchor-regularized losses of any classifier, in JAX, with a bridge to PyTorch."""
 
+from . import models
+from .certified import Spectrum, spectrum
 from .hvp import Chunks, chunk_data, dataset_grad, dataset_hvp, dataset_loss, flat_hessian_matvec, hvp
 from .lanczos import EigResult, top_k_eigenpairs
 from .loss import anchor_penalty, cross_entropy, effective_loss
 from .mnist import load_mnist
-from .model import DEFAULT_PRECISION, DEFAULT_SIZES, accuracy, apply_mlp, init_mlp, layer_sizes
+from .models import DEFAULT_PRECISION, DEFAULT_SIZES, Model, accuracy, apply_mlp, init_mlp, layer_sizes
 
 __version__ = "0.1.0"
 
@@ -13,6 +15,8 @@ __all__ = [
     "DEFAULT_PRECISION",
     "DEFAULT_SIZES",
     "EigResult",
+    "Model",
+    "Spectrum",
     "accuracy",
     "anchor_penalty",
     "apply_mlp",
@@ -27,5 +31,7 @@ __all__ = [
     "init_mlp",
     "layer_sizes",
     "load_mnist",
+    "models",
+    "spectrum",
     "top_k_eigenpairs",
 ]

@@ -40,12 +40,12 @@ from jax.flatten_util import ravel_pytree
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from .hvp import (Chunks, LinearizedHessian, dataset_accuracy, dataset_cross_entropy, dataset_grad,
-                  linearize_hessian, linearized_flat_hessian_matvec)
+from .hvp import Chunks, dataset_accuracy, dataset_cross_entropy, dataset_grad
 from .lanczos import DEFAULT_MAX_RESTARTS, EigResult, top_k_eigenpairs, top_k_eigenpairs_batched
+from .linearized import hessian_operator
 from .loss import anchor_penalty
+from .models import DEFAULT_PRECISION, Model, Params, layer_sizes, mlp
 from .spectral import SLQResult, TraceEstimate, bottom_k_eigenpairs, hutchinson_trace, slq_density
-from .model import DEFAULT_PRECISION, Params
 from .training import TrainConfig, TrainState, epoch_order, init_state, train_epoch
 
 _LANCZOS_STREAM, _PROBE_STREAM = 2, 3
@@ -107,19 +107,24 @@ class _Prepared(NamedTuple):
 
     flat: jax.Array  # [P] the weights
     grad: jax.Array  # [P] ∇L_eff over the training samples
-    lin: LinearizedHessian  # the data Hessian's forward and backward pass, kept for the R-operator
+    lin: object  # the data Hessian linearized at θ (hessian_operator(model).linearize): a pytree
     unshifted: jax.Array  # [] 0 in λ's dtype: the data Hessian, without the penalty's 2λI
     v0: jax.Array  # [P] Lanczos start vector
     k_restart: jax.Array  # key of the solver's random vectors
     k_bottom: jax.Array  # key of the bottom-k solve
 
 
-def _prepare(params: Params, anchor: Params, lam, key, train: Chunks, hess: Chunks, precision) -> _Prepared:
+def model_for(model: Model | None, params: Params) -> Model:
+    """``model``, or for ``None`` the sigmoid MLP of ``params``' widths (the library's default)."""
+    return mlp(layer_sizes(params)) if model is None else model
+
+
+def _prepare(params: Params, anchor: Params, lam, key, train: Chunks, hess: Chunks, precision, model) -> _Prepared:
     flat, _ = ravel_pytree(params)
-    grad = ravel_pytree(dataset_grad(params, anchor, lam, train, precision=precision))[0]
+    grad = ravel_pytree(dataset_grad(params, anchor, lam, train, precision=precision, apply=model.apply))[0]
     k_start, k_restart, k_bottom = jax.random.split(key, 3)
     v0 = jax.random.normal(k_start, flat.shape, flat.dtype)
-    lin = linearize_hessian(params, hess, precision=precision)
+    lin = hessian_operator(model).linearize(params, hess, precision)
     return _Prepared(flat, grad, lin, jnp.zeros_like(lam), v0, k_restart, k_bottom)
 
 
@@ -129,53 +134,60 @@ def _eig_options(spectrum: SpectrumConfig, precision) -> dict:
 
 
 def _finish(params: Params, anchor: Params, key, train: Chunks, test: Chunks, hess: Chunks, pre: _Prepared,
-            eig: EigResult, spectrum: SpectrumConfig, probes, precision) -> Analysis:
+            eig: EigResult, spectrum: SpectrumConfig, probes, precision, model: Model) -> Analysis:
+    apply = model.apply
     return Analysis(
-        train_loss=dataset_cross_entropy(params, train, precision=precision),
-        test_loss=dataset_cross_entropy(params, test, precision=precision),
-        test_accuracy=dataset_accuracy(params, test, precision=precision),
+        train_loss=dataset_cross_entropy(params, train, precision=precision, apply=apply),
+        test_loss=dataset_cross_entropy(params, test, precision=precision, apply=apply),
+        test_accuracy=dataset_accuracy(params, test, precision=precision, apply=apply),
         gradient=pre.grad,
         grad_norm=jnp.linalg.norm(pre.grad),
         distance_to_anchor=jnp.sqrt(anchor_penalty(params, anchor)),
         weights=pre.flat,
         eig=eig,
         extras=_extras(pre.lin, pre.unshifted, hess, pre.flat, eig, pre.k_bottom,
-                       jax.random.fold_in(key, 7) if probes is None else probes, spectrum, precision),
+                       jax.random.fold_in(key, 7) if probes is None else probes, spectrum, precision, model),
     )
 
 
 def analyze(params: Params, anchor: Params, lam, key, train: Chunks, test: Chunks, hess: Chunks,
-            spectrum: SpectrumConfig, *, probes=None, precision=DEFAULT_PRECISION, warm_start=None) -> Analysis:
+            spectrum: SpectrumConfig, *, probes=None, precision=DEFAULT_PRECISION, warm_start=None,
+            model: Model | None = None) -> Analysis:
     """Metrics, gradient and top-k eigenpairs of the data Hessian of one member at ``params``.
 
     The eigenpairs are those of ``∇²(mean CE)``, without the penalty's ``2λI`` (see the module
-    docstring); ``∇²L_eff`` has the same eigenvectors and the eigenvalues ``μ + 2λ``. ``θ`` is fixed
-    during the Lanczos run, so the forward and backward pass over the Hessian samples are done once
-    (:func:`hessjax.hvp.linearize_hessian`) and every Lanczos step applies only the R-operator
-    (about 2.6 instead of 4.75 forward passes per product; memory: the residuals of all ``hess``
-    samples, 2.6 kB per sample for 784-128-128-10 in float32). The products use ``precision``.
+    docstring); ``∇²L_eff`` has the same eigenvectors and the eigenvalues ``μ + 2λ``. ``model`` is
+    a :class:`hessjax.models.Model` (default: the sigmoid MLP of ``params``' widths). For an MLP ``θ``
+    is fixed during the Lanczos run, so the forward and backward pass over the Hessian samples are
+    done once (:func:`hessjax.linearized.linearize_hessian`) and every Lanczos step applies only the
+    R-operator (about 2.6 instead of 4.75 forward passes per product; memory: the residuals of all
+    ``hess`` samples, 2.6 kB per sample for 784-128-128-10 in float32); any other model's products
+    are forward-over-reverse (:func:`hessjax.linearized.hessian_operator`). The products use ``precision``.
     ``warm_start`` ``[g, P]`` (e.g. a neighbouring λ's eigenvectors) starts Lanczos from their sum
     (:func:`hessjax.lanczos.top_k_eigenpairs`); ``None``: from λ's random vector.
     For a batch of members use :func:`analyze_batch`, not ``vmap`` of this.
     """
-    pre = _prepare(params, anchor, lam, key, train, hess, precision)
-    eig = top_k_eigenpairs(functools.partial(linearized_flat_hessian_matvec, precision=precision), pre.v0,
+    model = model_for(model, params)
+    pre = _prepare(params, anchor, lam, key, train, hess, precision, model)
+    eig = top_k_eigenpairs(functools.partial(hessian_operator(model).matvec, precision=precision), pre.v0,
                            spectrum.k, spectrum.num_iters, params=(pre.lin, pre.unshifted, hess), key=pre.k_restart,
                            warm_start=warm_start, **_eig_options(spectrum, precision))
-    return _finish(params, anchor, key, train, test, hess, pre, eig, spectrum, probes, precision)
+    return _finish(params, anchor, key, train, test, hess, pre, eig, spectrum, probes, precision, model)
 
 
 def analyze_batch(params: Params, anchor: Params, lams, keys, train: Chunks, test: Chunks, hess: Chunks,
                   spectrum: SpectrumConfig, *, probes=None, precision=DEFAULT_PRECISION, warm_start=None,
-                  use_warm=None, live=None) -> Analysis:
+                  use_warm=None, live=None, model: Model | None = None) -> Analysis:
     """:func:`analyze` for a batch of members (``params``, ``lams``, ``keys`` with a leading ``B``):
     the per-member parts under ``vmap``, the eigensolve by
     :func:`hessjax.lanczos.top_k_eigenpairs_batched`, whose branches are decided once per batch.
     ``warm_start`` ``[B, g, P]`` and ``use_warm`` ``[B]``: the members that start from the sum of
     their warm vectors; ``live`` ``[B]`` (default all): the members whose eigenpairs are wanted (the
     others get zeros and cost no product). Each member's result equals its :func:`analyze` alone."""
-    pre = jax.vmap(lambda p, lam, key: _prepare(p, anchor, lam, key, train, hess, precision))(params, lams, keys)
-    matvec = jax.vmap(functools.partial(linearized_flat_hessian_matvec, precision=precision),
+    model = model_for(model, anchor)
+    pre = jax.vmap(lambda p, lam, key: _prepare(p, anchor, lam, key, train, hess, precision, model))(
+        params, lams, keys)
+    matvec = jax.vmap(functools.partial(hessian_operator(model).matvec, precision=precision),
                       in_axes=(0, 0, 0, None))
     eig = top_k_eigenpairs_batched(matvec, pre.v0, spectrum.k, spectrum.num_iters,
                                    params=(pre.lin, pre.unshifted, hess), keys=pre.k_restart,
@@ -184,10 +196,10 @@ def analyze_batch(params: Params, anchor: Params, lams, keys, train: Chunks, tes
                                    live=live,
                                    **_eig_options(spectrum, precision))
     return jax.vmap(lambda p, key, pr, e: _finish(p, anchor, key, train, test, hess, pr, e, spectrum, probes,
-                                                  precision))(params, keys, pre, eig)
+                                                  precision, model))(params, keys, pre, eig)
 
 
-def _extras(lin, lam, hess, flat, eig, k_bottom, probes, spectrum: SpectrumConfig, precision) -> Extras:
+def _extras(lin, lam, hess, flat, eig, k_bottom, probes, spectrum: SpectrumConfig, precision, model) -> Extras:
     """Trace, density and bottom eigenpairs over the same linearized data Hessian as the top k.
 
     The Hutchinson and SLQ probes come from the key ``probes`` (:func:`probe_key`), shared by every
@@ -195,7 +207,7 @@ def _extras(lin, lam, hess, flat, eig, k_bottom, probes, spectrum: SpectrumConfi
     weights, not probe noise; two λ trained to the same weights give identical samples). The
     bottom-k start vector is λ's own; its restart budget is ``spectrum.max_restarts``, as the top k's.
     """
-    matvec = functools.partial(linearized_flat_hessian_matvec, precision=precision)
+    matvec = functools.partial(hessian_operator(model).matvec, precision=precision)
     ops, dim, dtype = (lin, lam, hess), flat.shape[0], flat.dtype
     k_trace, k_slq = jax.random.split(probes)
     trace = slq = bottom = None
@@ -221,8 +233,10 @@ def lambda_mesh(devices=None) -> jax.sharding.Mesh:
 class Programs:
     """The four compiled programs of a sweep, for fixed data shapes and settings."""
 
-    def __init__(self, mesh, train_config: TrainConfig, spectrum: SpectrumConfig, *, precision=DEFAULT_PRECISION):
+    def __init__(self, mesh, train_config: TrainConfig, spectrum: SpectrumConfig, *, precision=DEFAULT_PRECISION,
+                 model: Model | None = None):
         self.mesh = mesh
+        self.model = model
         self.split = NamedSharding(mesh, P("lam"))
         self.replicated = NamedSharding(mesh, P())
         self.train_config = train_config
@@ -230,12 +244,15 @@ class Programs:
         cfg, spec = train_config, spectrum
 
         def init(start, anchor, lams, train):
-            return jax.vmap(lambda lam: init_state(start, anchor, lam, train, cfg, precision=precision))(lams)
+            apply = model_for(model, anchor).apply
+            return jax.vmap(lambda lam: init_state(start, anchor, lam, train, cfg, precision=precision,
+                                                   apply=apply))(lams)
 
         def epoch(states, anchor, lams, x, y, train, seed, epoch_index):
             order = epoch_order(seed, epoch_index, x.shape[0])  # one permutation shared by every λ
+            apply = model_for(model, anchor).apply
             return jax.vmap(
-                lambda s, lam: train_epoch(s, anchor, lam, x, y, train, order, cfg, precision=precision)
+                lambda s, lam: train_epoch(s, anchor, lam, x, y, train, order, cfg, precision=precision, apply=apply)
             )(states, lams)
 
         def analyze_all(params, anchor, lams, keys, train, test, hess, probes, warm_previous, warm_stored, source,
@@ -247,7 +264,7 @@ class Programs:
             warm_previous = warm_previous.astype(jnp.float32).astype(warm_previous.dtype)
             warm = jnp.where((source == 2)[:, None, None], warm_stored, warm_previous)
             return analyze_batch(params, anchor, lams, keys, train, test, hess, spec, probes=probes,
-                                 precision=precision, warm_start=warm, use_warm=use, live=live)
+                                 precision=precision, warm_start=warm, use_warm=use, live=live, model=model)
 
         def healthy(states, analysis):  # what the writer calls not diverged, decided on the device
             finite = jnp.isfinite(analysis.train_loss) & jnp.all(jnp.isfinite(analysis.weights), axis=1)
@@ -336,4 +353,4 @@ def local_rows(tree) -> dict[int, object]:
 
 
 __all__ = ["Analysis", "Extras", "Programs", "SpectrumConfig", "TrainConfig", "TrainState", "analyze", "analyze_batch",
-           "gather", "lambda_keys", "lambda_mesh", "local_rows", "probe_key", "train_batch"]
+           "gather", "lambda_keys", "lambda_mesh", "local_rows", "model_for", "probe_key", "train_batch"]

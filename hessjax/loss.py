@@ -2,7 +2,9 @@
 
 The penalty adds exactly ``2λ I`` to the Hessian, so the spectrum of ``L_eff`` is the data-loss
 spectrum shifted by ``2λ`` at any fixed ``θ``. λ, the anchor and the data are arguments, never
-closed over, so every function here vmaps over λ and compiles once for all λ.
+closed over, so every function here vmaps over λ and compiles once for all λ. ``apply`` is the
+model's forward pass (``apply(params, x, *, precision) -> logits``, a :class:`hessjax.models.Model`'s
+``apply``; default the sigmoid MLP): a static function, so a program compiles once per model.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from .model import DEFAULT_PRECISION, Params, apply_mlp
+from .models import DEFAULT_PRECISION, Params, apply_mlp
 
 
 def softmax_minus_onehot(p: jax.Array, y: jax.Array) -> jax.Array:
@@ -56,16 +58,18 @@ def _nll_jvp(primals, tangents):
     return nll_from_logits(logits, y), jnp.sum(g * dlogits, axis=-1)
 
 
-def cross_entropy_sum(params: Params, x: jax.Array, y: jax.Array, *, precision=DEFAULT_PRECISION) -> jax.Array:
+def cross_entropy_sum(params: Params, x: jax.Array, y: jax.Array, *, precision=DEFAULT_PRECISION,
+                      apply=apply_mlp) -> jax.Array:
     """Sum over the batch of ``-log softmax(f(x))[y]`` (``torch.nn.functional.cross_entropy`` with
     ``reduction='sum'``), differentiated through :func:`nll_from_logits`."""
-    logits = apply_mlp(params, x, precision=precision)
+    logits = apply(params, x, precision=precision)
     return jnp.sum(nll_from_logits(logits, y))
 
 
-def cross_entropy(params: Params, x: jax.Array, y: jax.Array, *, precision=DEFAULT_PRECISION) -> jax.Array:
+def cross_entropy(params: Params, x: jax.Array, y: jax.Array, *, precision=DEFAULT_PRECISION,
+                  apply=apply_mlp) -> jax.Array:
     """Mean cross-entropy over the batch, as ``torch.nn.functional.cross_entropy``."""
-    return cross_entropy_sum(params, x, y, precision=precision) / y.shape[0]
+    return cross_entropy_sum(params, x, y, precision=precision, apply=apply) / y.shape[0]
 
 
 def anchor_penalty(params: Params, anchor: Params) -> jax.Array:
@@ -80,6 +84,7 @@ def cast_lam(lam, params: Params) -> jax.Array:
 
 
 def effective_loss(params: Params, anchor: Params, lam, x: jax.Array, y: jax.Array, *,
-                   precision=DEFAULT_PRECISION) -> jax.Array:
-    """``mean CE(f(x; θ), y) + λ ‖θ − θ_ref‖²`` for one batch ``x`` ``[N, in]``, ``y`` ``[N]``."""
-    return cross_entropy(params, x, y, precision=precision) + cast_lam(lam, params) * anchor_penalty(params, anchor)
+                   precision=DEFAULT_PRECISION, apply=apply_mlp) -> jax.Array:
+    """``mean CE(f(x; θ), y) + λ ‖θ − θ_ref‖²`` for one batch ``x`` ``[N, *input_shape]``, ``y`` ``[N]``."""
+    data = cross_entropy(params, x, y, precision=precision, apply=apply)
+    return data + cast_lam(lam, params) * anchor_penalty(params, anchor)

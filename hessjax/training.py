@@ -23,14 +23,18 @@ from jax import lax
 
 from .hvp import Chunks, dataset_loss
 from .loss import effective_loss
-from .model import DEFAULT_PRECISION, DEFAULT_SIZES, Params, init_mlp
+from .models import DEFAULT_PRECISION, DEFAULT_SIZES, Model, Params, apply_mlp, init_mlp
 
 _INIT_STREAM, _ORDER_STREAM = 0, 1
 
 
-def initial_params(seed: int, sizes: Sequence[int] = DEFAULT_SIZES, dtype=jnp.float32) -> Params:
-    """The seeded fresh initialisation that every λ of a run starts from (``--init random``)."""
-    return init_mlp(jax.random.fold_in(jax.random.PRNGKey(seed), _INIT_STREAM), sizes, dtype)
+def initial_params(seed: int, model: Model | Sequence[int] = DEFAULT_SIZES, dtype=jnp.float32) -> Params:
+    """The seeded fresh initialisation that every λ of a run starts from (``--init random``):
+    ``model.init`` of a :class:`hessjax.models.Model`, or the MLP of widths ``model``."""
+    key = jax.random.fold_in(jax.random.PRNGKey(seed), _INIT_STREAM)
+    if isinstance(model, Model):
+        return model.init(key, dtype)
+    return init_mlp(key, model, dtype)
 
 
 def epoch_key(seed, epoch) -> jax.Array:
@@ -77,16 +81,16 @@ def _optimizer(config: TrainConfig) -> optax.GradientTransformation:
 
 
 def init_state(params: Params, anchor: Params, lam, train: Chunks, config: TrainConfig, *,
-               precision=DEFAULT_PRECISION) -> TrainState:
+               precision=DEFAULT_PRECISION, apply=apply_mlp) -> TrainState:
     """Epoch 0: the starting point, its ``L_eff`` over the training samples, fresh Adam moments."""
-    loss = dataset_loss(params, anchor, lam, train, precision=precision)
+    loss = dataset_loss(params, anchor, lam, train, precision=precision, apply=apply)
     bad = ~jnp.isfinite(loss)
     zero = jnp.zeros((), jnp.int32)
     return TrainState(params, _optimizer(config).init(params), params, loss, loss, zero, zero, zero, loss,
                       bad | (config.max_epochs <= 0), jnp.zeros((), bool), bad)
 
 
-def _epoch_of_steps(params, opt_state, anchor, lam, x, y, order, config: TrainConfig, precision):
+def _epoch_of_steps(params, opt_state, anchor, lam, x, y, order, config: TrainConfig, precision, apply):
     """Adam over one epoch's mini-batches in ``order``: a scan over the full batches, then the
     partial last batch (a static shape of its own)."""
     opt = _optimizer(config)
@@ -95,7 +99,7 @@ def _epoch_of_steps(params, opt_state, anchor, lam, x, y, order, config: TrainCo
 
     def step(carry, idx):
         p, s = carry
-        g = jax.grad(effective_loss)(p, anchor, lam, x[idx], y[idx], precision=precision)
+        g = jax.grad(effective_loss)(p, anchor, lam, x[idx], y[idx], precision=precision, apply=apply)
         updates, s = opt.update(g, s, p)
         return (optax.apply_updates(p, updates), s), None
 
@@ -106,14 +110,15 @@ def _epoch_of_steps(params, opt_state, anchor, lam, x, y, order, config: TrainCo
 
 
 def train_epoch(state: TrainState, anchor: Params, lam, x: jax.Array, y: jax.Array, train: Chunks,
-                order: jax.Array, config: TrainConfig, *, precision=DEFAULT_PRECISION) -> TrainState:
+                order: jax.Array, config: TrainConfig, *, precision=DEFAULT_PRECISION, apply=apply_mlp) -> TrainState:
     """One epoch for one member, a no-op once it has stopped (so it vmaps over λ with freezing).
 
-    ``x`` ``[N, in]`` / ``y`` ``[N]`` are the training samples that ``order`` ``[N]`` permutes;
+    ``x`` ``[N, *input_shape]`` / ``y`` ``[N]`` are the training samples that ``order`` ``[N]`` permutes;
     ``train`` is the same data chunked for the full-data ``L_eff`` that decides early stopping.
     """
-    params, opt_state = _epoch_of_steps(state.params, state.opt_state, anchor, lam, x, y, order, config, precision)
-    loss = dataset_loss(params, anchor, lam, train, precision=precision)
+    params, opt_state = _epoch_of_steps(state.params, state.opt_state, anchor, lam, x, y, order, config, precision,
+                                        apply)
+    loss = dataset_loss(params, anchor, lam, train, precision=precision, apply=apply)
     epoch = state.epoch + 1
     finite = jnp.isfinite(loss)
     better = finite & (loss < state.best_loss)
@@ -138,16 +143,16 @@ def train_epoch(state: TrainState, anchor: Params, lam, x: jax.Array, y: jax.Arr
 
 
 def train(params: Params, anchor: Params, lam, x: jax.Array, y: jax.Array, train_chunks: Chunks, seed,
-          config: TrainConfig, *, precision=DEFAULT_PRECISION) -> TrainState:
+          config: TrainConfig, *, precision=DEFAULT_PRECISION, apply=apply_mlp) -> TrainState:
     """Train one member to its stopping epoch inside one compiled ``lax.while_loop``.
 
     The sweep drives :func:`train_epoch` epoch by epoch instead, to report progress; both apply the
     same epochs and the same stopping rule (tested against each other to 1e-12 in float64).
     """
-    state = init_state(params, anchor, lam, train_chunks, config, precision=precision)
+    state = init_state(params, anchor, lam, train_chunks, config, precision=precision, apply=apply)
 
     def body(s):
         order = epoch_order(seed, s.epoch + 1, x.shape[0])
-        return train_epoch(s, anchor, lam, x, y, train_chunks, order, config, precision=precision)
+        return train_epoch(s, anchor, lam, x, y, train_chunks, order, config, precision=precision, apply=apply)
 
     return lax.while_loop(lambda s: ~s.stopped, body, state)

@@ -31,7 +31,7 @@ from hessjax.bridges import (
     save_state_dict,
     state_dict_to_params,
 )
-from hessjax.model import init_mlp
+from hessjax.models import init_mlp
 
 
 # --------------------------------------------------------------------------- modules of every layout
@@ -421,8 +421,8 @@ def test_exports_are_listed_once():
 
     import hessjax.bridges as bridges
 
-    assert sorted(bridges.__all__) == sorted(n for names in bridges._EXPORTS.values() for n in names)
-    for module, names in bridges._EXPORTS.items():
+    assert sorted(bridges.__all__) == sorted(n for names in bridges.EXPORTS.values() for n in names)
+    for module, names in bridges.EXPORTS.items():
         mod = importlib.import_module(f"hessjax.bridges.{module}")
         assert list(mod.__all__[:len(names)]) == list(names)
         assert all(hasattr(mod, name) for name in mod.__all__)
@@ -431,4 +431,4 @@ def test_exports_are_listed_once():
         tree = ast.parse(f.read())
     typed = {node.module: sorted(a.name for a in node.names) for node in ast.walk(tree)
              if isinstance(node, ast.ImportFrom) and node.level == 1}
-    assert typed == {module: sorted(names) for module, names in bridges._EXPORTS.items()}
+    assert typed == {module: sorted(names) for module, names in bridges.EXPORTS.items()}

@@ -10,8 +10,10 @@ import pytest
 from conftest import REPO
 
 PACKAGE = REPO / "hessjax"
-NUMERICS = {"model", "loss", "operators", "krylov", "lanczos", "hvp", "spectral", "training", "engine", "flax_mlp"}
+NUMERICS = {"models", "loss", "operators", "krylov", "lanczos", "hvp", "linearized", "spectral", "training", "engine",
+            "certified"}
 NUMPY_ONLY = {"bounds", "refine", "density"}
+DATA = {"mnist", "datasets"}
 JAX_NUMERICS = {f"hessjax.{m}" for m in NUMERICS}
 
 
@@ -52,6 +54,8 @@ def _layer(name: str) -> str:
         return "numerics"
     if parts[1:2] and parts[1] in NUMPY_ONLY:
         return "numpy"
+    if parts[1:2] and parts[1] in DATA:
+        return "data"
     return parts[1] if len(parts) > 1 else "package"
 
 
@@ -72,7 +76,7 @@ def test_imports_follow_the_layers(name):
         assert "torch" not in roots, f"{name} imports torch outside hessjax.bridges"
     if layer == "numerics":
         forbidden = {m for m in imported if m.startswith(("hessjax.results", "hessjax.sweep", "hessjax.report",
-                                                           "hessjax.bridges", "hessjax.mnist"))}
+                                                           "hessjax.bridges", "hessjax.mnist", "hessjax.datasets"))}
         assert not forbidden and not roots & {"argparse", "matplotlib", "zarr"}, f"{name}: {forbidden or roots}"
     if layer in ("numpy", "results"):
         assert not roots & {"jax", "flax", "optax"}, f"{name} imports jax"
@@ -81,6 +85,72 @@ def test_imports_follow_the_layers(name):
         assert not roots & {"jax", "flax", "optax"} and not imported & JAX_NUMERICS, f"{name} imports the numerics"
     if layer == "anchors":
         assert not {m for m in imported if m.startswith("hessjax")}, f"{name} imports hessjax"
+    if layer == "data":
+        assert not roots & {"jax", "flax", "optax"} and not imported & JAX_NUMERICS, f"{name} imports the numerics"
+
+
+def _private_imports(name: str, path: Path) -> list[str]:
+    """``module.name`` for every ``_name`` that ``path`` imports from another hessjax module."""
+    tree = ast.parse(path.read_text(), str(path))
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module != "__future__":
+            if node.level:
+                base = package.split(".")
+                module = ".".join(base[: len(base) - node.level + 1] + ([node.module] if node.module else []))
+            else:
+                module = node.module or ""
+            if module.startswith("hessjax"):
+                found += [f"{module}.{a.name}" for a in node.names if a.name.startswith("_")]
+    return found
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_no_module_imports_another_modules_private_names(name):
+    assert _private_imports(name, MODULES[name]) == []
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every cycle of module imports (one path per strongly connected component of more than one module)."""
+    index, low, stack, on, out, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                out.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_the_report_and_the_model_layer_have_no_import_cycles():
+    """Within ``hessjax.report`` and ``hessjax.models`` no module imports (even for type checking only) a
+    module that imports it back."""
+    for package in ("hessjax.report", "hessjax.models"):
+        members = {n for n in MODULES if n.startswith(package + ".")}
+        graph = {n: {m for m in members if m in _imports(n, MODULES[n]) or any(
+            i.startswith(m + ".") for i in _imports(n, MODULES[n]))} - {n} for n in members}
+        assert _cycles(graph) == [], package
 
 
 @pytest.mark.parametrize("name", sorted(MODULES))
@@ -91,4 +161,4 @@ def test_modules_stay_small(name):
 
 def test_the_layers_are_all_there():
     layers = {_layer(n) for n in MODULES}
-    assert {"numerics", "numpy", "results", "sweep", "bridges", "anchors"} <= layers
+    assert {"numerics", "numpy", "data", "results", "sweep", "bridges", "anchors"} <= layers

@@ -7,7 +7,7 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 import hessjax
-from hessjax.flax_mlp import FlaxMLP, from_flax_variables, to_flax_variables
+from hessjax.models import FlaxMLP, from_flax_variables, to_flax_variables
 from hessjax.hvp import dataset_cross_entropy
 
 SIZES = (6, 5, 4, 3)  # 35 + 24 + 15 = 74 parameters
@@ -162,7 +162,7 @@ def test_chunk_data_rejects_bad_input():
 
 @pytest.mark.parametrize("sizes, chunk_size", [((6, 3), 23), ((6, 5, 3), 7), ((6, 5, 4, 3), 7), ((6, 4, 5, 4, 3), 10)])
 def test_linearized_hvp_equals_dense_hessian(sizes, chunk_size):
-    from hessjax.hvp import linearize_hessian, linearized_flat_hessian_matvec
+    from hessjax.linearized import linearize_hessian, linearized_flat_hessian_matvec
 
     k1, k2, k3, k4, k5 = jax.random.split(jax.random.PRNGKey(11), 5)
     params = hessjax.init_mlp(k1, sizes, jnp.float64)

@@ -9,7 +9,8 @@ from jax.flatten_util import ravel_pytree
 
 import hessjax
 from hessjax.bridges import load_anchor
-from hessjax.hvp import dataset_grad, dataset_hvp, linearize_hessian, linearized_flat_hessian_matvec
+from hessjax.hvp import dataset_grad, dataset_hvp
+from hessjax.linearized import linearize_hessian, linearized_flat_hessian_matvec
 
 from conftest import REPO
 

@@ -7,8 +7,8 @@ computed, not added), and ARPACK. Vectors are compared by ``‖a − b‖ / ‖b
 * float64, a small 784-16-16-10 model on 600 real MNIST samples, and float32, the real
   784-128-128-10 model at a random init on 3000 real MNIST samples (two chunks of 1024 and a
   remainder of 952): loss, gradient and HVP within ``8·eps`` of the dtype (see ``TOL_EPS``).
-* the R-operator product that Lanczos runs on (:func:`hessjax.hvp.linearize_hessian` +
-  :func:`hessjax.hvp.linearized_flat_hessian_matvec`) against torch's double backward on the real
+* the R-operator product that Lanczos runs on (:func:`hessjax.linearized.linearize_hessian` +
+  :func:`hessjax.linearized.linearized_flat_hessian_matvec`) against torch's double backward on the real
   model and 3000 samples, at a random init and at the trained anchor, in float64 and float32, at
   ``λ = 0`` and ``λ > 0``.
 * a tiny model against its dense Hessian (``jax.hessian`` + ``numpy.linalg.eigh``) checks the torch
@@ -36,12 +36,12 @@ from hessjax.bridges import (
     torch_params_from_jax,
 )
 from hessjax.bridges import load_anchor
-from hessjax.hvp import (chunk_data, dataset_grad, dataset_loss, flat_hessian_matvec, linearize_hessian,
-                         linearized_flat_hessian_matvec)
+from hessjax.hvp import chunk_data, dataset_grad, dataset_loss, flat_hessian_matvec
+from hessjax.linearized import linearize_hessian, linearized_flat_hessian_matvec
 from hessjax.lanczos import top_k_eigenpairs
 from hessjax.loss import effective_loss
 from hessjax.mnist import load_mnist
-from hessjax.model import init_mlp
+from hessjax.models import init_mlp
 
 from conftest import ANCHOR
 
