@@ -1,8 +1,9 @@
-"""``python -m hessjax.make_anchor``: train the MLP at λ = 0 from a seed and write a torch anchor.
+"""``python -m hessjax.make_anchor``: train the MLP or LeNet at λ = 0 from a seed and write a torch anchor.
 
 The anchor is the plain state dict of :class:`hessjax.bridges.TorchMLP`, an ``nn.Sequential`` of
 ``Linear``/``Sigmoid`` (keys ``0.weight``, ``0.bias``, ``2.weight``, …), so
-``TorchMLP().load_state_dict(torch.load(path), strict=True)`` loads it. Training is the sweep's:
+``TorchMLP().load_state_dict(torch.load(path), strict=True)`` loads it; with ``--model lenet`` that of
+:class:`hessjax.bridges.TorchLeNet` (keys ``0.*``, ``3.*``, ``7.*``, ``9.*``, ``11.*``). Training is the sweep's:
 Adam (lr 0.0015), one seeded initialisation and batch order, early stopping on a plateau of the
 training loss, the weights of the best epoch. The command prints what ``anchors/README.md`` records.
 """
@@ -22,7 +23,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", required=True, help="path of the .pth to write")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--sizes", default="784,128,128,10", help="layer widths, from 784 inputs to 10 classes")
+    p.add_argument("--model", default="mlp", help="mlp, lenet, or MODULE:ATTR (a model with a torch_module)")
+    p.add_argument("--sizes", default="784,128,128,10", help="the MLP's layer widths, from 784 inputs to 10 classes")
+    p.add_argument("--activation", default=None, help="the MLP's hidden activation (default sigmoid)")
     p.add_argument("--lr", type=float, default=0.0015)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--max-epochs", type=int, default=200)
@@ -39,9 +42,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from . import engine
     from .bridges.anchor import anchor_from_state_dict, save_state_dict
-    from .bridges.torch_ref import TorchMLP
+    from .bridges.torch_ref import torch_module
+    from .datasets import fit_to_model, load_dataset
     from .hvp import chunk_data, dataset_accuracy, dataset_cross_entropy
-    from .mnist import DataError, load_mnist
+    from .mnist import DataError
+    from .models import ModelError, resolve_model
     from .training import TrainConfig, initial_params
 
     try:
@@ -52,7 +57,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: --sizes {args.sizes!r} must be a comma list of widths from 784 to 10", file=sys.stderr)
         return 2
     try:
-        data = load_mnist(args.data_dir, train_samples=args.train_samples)
+        if args.model == "mlp":
+            model = resolve_model("mlp", sizes=sizes, activation=args.activation)
+        else:
+            model = resolve_model(args.model, input_shape=(1, 28, 28))
+    except (ModelError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        data = load_dataset("mnist", data_dir=args.data_dir, train_samples=args.train_samples)
+        data = fit_to_model(data, model.input_shape, model.num_classes, model.name)
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -63,8 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     cfg = TrainConfig(args.lr, args.batch_size, args.max_epochs, args.patience, args.min_delta)
-    programs = engine.Programs(engine.lambda_mesh(jax.devices()[:1]), cfg, engine.SpectrumConfig(k=1))
-    start = initial_params(args.seed, sizes)
+    programs = engine.Programs(engine.lambda_mesh(jax.devices()[:1]), cfg, engine.SpectrumConfig(k=1), model=model)
+    start = initial_params(args.seed, model)
     rep = programs.put_replicated
     train = rep(chunk_data(data.x_train, data.y_train))
     x, y = rep(data.x_train), rep(data.y_train)
@@ -77,19 +91,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     states = engine.train_batch(programs, rep(start), rep(start), lam, x, y, train, args.seed, args.max_epochs, report)
     best = jax.tree_util.tree_map(lambda a: np.asarray(a)[0], states.best_params)
     test = chunk_data(data.x_test, data.y_test)
-    template = anchor_from_state_dict(TorchMLP.from_params(best).state_dict())
+    template = anchor_from_state_dict(torch_module(model, best).state_dict(),
+                                      model=None if args.model == "mlp" else model)
     save_state_dict(out, best, template)
     sha = hashlib.sha256(out.read_bytes()).hexdigest()
     summary = {
         "command": "python -m hessjax.make_anchor " + " ".join(sys.argv[1:] if argv is None else argv),
         "seed": args.seed,
-        "sizes": sizes,
+        "model": model.description,
         "epochs": int(states.epoch[0]),
         "best_epoch": int(states.best_epoch[0]),
         "converged": bool(states.converged[0]),
-        "train_loss": float(dataset_cross_entropy(best, chunk_data(data.x_train, data.y_train))),
-        "test_loss": float(dataset_cross_entropy(best, test)),
-        "test_accuracy": float(dataset_accuracy(best, test)),
+        "train_loss": float(dataset_cross_entropy(best, chunk_data(data.x_train, data.y_train), apply=model.apply)),
+        "test_loss": float(dataset_cross_entropy(best, test, apply=model.apply)),
+        "test_accuracy": float(dataset_accuracy(best, test, apply=model.apply)),
         "train_samples": int(data.x_train.shape[0]),
         "seconds": round(time.perf_counter() - t0, 1),
         "sha256": sha,

@@ -34,9 +34,12 @@ __all__ = [
     "DataError",
     "ENV_VAR",
     "MNIST",
+    "check_samples",
     "load_mnist",
     "read_idx",
     "resolve_data_dir",
+    "tfds_examples",
+    "to_float",
     "verify_checksums",
 ]
 
@@ -275,7 +278,7 @@ def _check_labels(labels: np.ndarray, where: str) -> None:
 # Loading
 
 
-def _check_samples(n: Any, split: str, available: int, where: str) -> int:
+def check_samples(n: Any, split: str, available: int, where: str) -> int:
     """``available`` if ``n`` is None, else ``n`` once checked to be an int in 1..available."""
     if n is None:
         return available
@@ -289,7 +292,7 @@ def _check_samples(n: Any, split: str, available: int, where: str) -> int:
     return int(n)
 
 
-def _to_float(images: np.ndarray, dtype: np.dtype) -> np.ndarray:
+def to_float(images: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """uint8 → ``dtype`` in [0, 1] by division (ToTensor's ``x.float().div(255)``, not × 1/255)."""
     out = images.astype(dtype)
     np.divide(out, dtype.type(255), out=out)
@@ -319,7 +322,11 @@ def _examples_to_arrays(examples: Sequence[Any], where: str) -> tuple[np.ndarray
     return images, labels.astype(np.int32)
 
 
-def _load_tfds(data_dir, train_samples, test_samples) -> tuple:
+def tfds_examples(name: str, data_dir, samples: dict) -> dict[str, list]:
+    """``{split: [example, ...]}``: the first ``samples[split]`` examples (all for ``None``) of each
+    split of the *prepared* tensorflow-datasets ``name`` in ``data_dir`` (``None``: tfds's default),
+    read with ``tfds.data_source(..., download=False)``; :class:`DataError` if tfds is missing, the
+    data are not prepared there, or a count is out of range. Never downloads or prepares."""
     try:
         import tensorflow_datasets as tfds
     except ImportError as err:
@@ -329,32 +336,36 @@ def _load_tfds(data_dir, train_samples, test_samples) -> tuple:
         if not data_dir.is_dir():
             raise DataError(f"tfds data directory {data_dir} does not exist or is not a directory")
     where_dir = str(data_dir) if data_dir is not None else "tfds's default data_dir"
-    out = []
-    for split, n in (("train", train_samples), ("test", test_samples)):
-        where = f"tfds 'mnist' split {split!r} in {where_dir}"
+    out = {}
+    for split, n in samples.items():
+        where = f"tfds {name!r} split {split!r} in {where_dir}"
         try:
-            ds = tfds.data_source(
-                "mnist", split=split, data_dir=None if data_dir is None else str(data_dir),
-                download=False,
-            )
+            ds = tfds.data_source(name, split=split, data_dir=None if data_dir is None else str(data_dir),
+                                  download=False)
             available = len(ds)
         except ImportError as err:  # tfds imports some of its dependencies lazily
             raise DataError(f"source='tfds' needs {_TFDS_EXTRA} (import failed: {err})") from err
         except Exception as err:  # tfds reports an unprepared directory in many ways
             raise DataError(
-                f"cannot open a prepared 'mnist' in {where_dir}: {type(err).__name__}: "
+                f"cannot open a prepared {name!r} in {where_dir}: {type(err).__name__}: "
                 f"{str(err).rstrip('.')}. "
                 "hessjax never downloads; prepare it (needs TensorFlow and the network) with "
-                "tfds.builder('mnist', data_dir=..., file_format='array_record')"
+                f"tfds.builder({name!r}, data_dir=..., file_format='array_record')"
                 ".download_and_prepare()"
             ) from err
-        n = _check_samples(n, split, available, where)
+        n = check_samples(n, split, available, where)
         try:
-            examples = [ds[i] for i in range(n)]  # decoding the PNGs needs pillow
+            out[split] = [ds[i] for i in range(n)]  # decoding the PNGs needs pillow
         except ImportError as err:
             raise DataError(f"source='tfds' needs {_TFDS_EXTRA} (import failed: {err})") from err
-        out.extend(_examples_to_arrays(examples, where))
-    return tuple(out)
+    return out
+
+
+def _load_tfds(data_dir, train_samples, test_samples) -> tuple:
+    examples = tfds_examples("mnist", data_dir, {"train": train_samples, "test": test_samples})
+    where_dir = str(pathlib.Path(data_dir).expanduser()) if data_dir is not None else "tfds's default data_dir"
+    return (*_examples_to_arrays(examples["train"], f"tfds 'mnist' split 'train' in {where_dir}"),
+            *_examples_to_arrays(examples["test"], f"tfds 'mnist' split 'test' in {where_dir}"))
 
 
 def load_mnist(
@@ -398,16 +409,16 @@ def load_mnist(
         sums = _read_checksums(files[_TRAIN_IMAGES].parent)
         x_tr, y_tr = _read_split(files[_TRAIN_IMAGES], files[_TRAIN_LABELS], sums)
         x_te, y_te = _read_split(files[_TEST_IMAGES], files[_TEST_LABELS], sums)
-        n_tr = _check_samples(train_samples, "train", len(y_tr), str(files[_TRAIN_IMAGES]))
-        n_te = _check_samples(test_samples, "test", len(y_te), str(files[_TEST_IMAGES]))
+        n_tr = check_samples(train_samples, "train", len(y_tr), str(files[_TRAIN_IMAGES]))
+        n_te = check_samples(test_samples, "test", len(y_te), str(files[_TEST_IMAGES]))
         x_tr, y_tr, x_te, y_te = x_tr[:n_tr], y_tr[:n_tr], x_te[:n_te], y_te[:n_te]
     elif source == "tfds":
         x_tr, y_tr, x_te, y_te = _load_tfds(data_dir, train_samples, test_samples)
     else:
         raise DataError(f"source={source!r} must be 'idx' or 'tfds'")
     return MNIST(
-        x_train=_to_float(x_tr, dtype),
+        x_train=to_float(x_tr, dtype),
         y_train=y_tr.astype(np.int32),
-        x_test=_to_float(x_te, dtype),
+        x_test=to_float(x_te, dtype),
         y_test=y_te.astype(np.int32),
     )

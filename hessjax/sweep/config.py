@@ -17,7 +17,7 @@ DEFAULT_LAMBDAS = "0:0.1:501"
 class SweepConfig:
     """Every setting of a sweep. Defaults are the command line's (see ``--help`` for the reasons)."""
 
-    anchor: str | None = None  # None: the shipped default anchor
+    anchor: str | None = None  # None: the shipped anchor of the model (mlp, lenet)
     out: str = "results"
     run_id: str | None = None  # None: the anchor file's stem
     seed: int = 0
@@ -29,6 +29,10 @@ class SweepConfig:
     refine_resolution: float = 0.02  # stop refining an interval once (hi − lo) ≤ this · hi
     refine_threshold: float = 0.05  # refine only intervals whose indicator changes by more than this
     shard: str | None = None  # "I/N" (0-based) or "slurm": this worker's contiguous part of the grid
+    # model and data
+    model: str = "mlp"  # mlp, lenet or MODULE:ATTR
+    activation: str | None = None  # the MLP's hidden activation; None: sigmoid
+    dataset: str = "mnist"  # mnist, npz:PATH or tfds:NAME
     # training
     lr: float = 0.0015
     batch_size: int = 128
@@ -80,7 +84,13 @@ class SweepConfig:
         free = {"lambdas", "out", "overwrite", "quiet", "dry_run", "lambda_batch", "distributed", "eigenvectors",
                 "coordinator", "num_processes", "process_id", "seeds", "refine", "refine_budget",
                 "refine_resolution", "refine_threshold", "shard", "overlap_writes", "member_products"}
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in free}
+        settings = {k: v for k, v in dataclasses.asdict(self).items() if k not in free}
+        # the model and the data at their defaults are what every run before them had: left out, so that
+        # those runs still resume
+        for key, default in (("model", "mlp"), ("activation", None), ("dataset", "mnist")):
+            if settings[key] == default:
+                del settings[key]
+        return settings
 
 
 # ----------------------------------------------------------------------------------- command line
@@ -98,6 +108,15 @@ def _nonneg_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text}")
     return value
+
+
+def _activation(text: str) -> str:
+    from ..models import get_activation
+
+    try:
+        return get_activation(text).name
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _positive_float(text: str) -> float:
@@ -132,11 +151,13 @@ def build_parser() -> argparse.ArgumentParser:
     d = SweepConfig()
     p = _Parser(
         prog="python -m hessjax.sweep",
-        description="Train the MLP for every λ of a grid under mean CE + λ‖θ − θ_ref‖² and write the top-k "
-                    "Hessian eigenpairs at each converged point.",
+        description="Train a model (the MLP, LeNet or your own) for every λ of a grid under mean CE + "
+                    "λ‖θ − θ_ref‖² and write the top-k Hessian eigenpairs at each converged point.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("run")
-    g.add_argument("--anchor", default=None, help="anchor .pth state dict (default: the shipped anchor)")
+    g.add_argument("--anchor", default=None,
+                   help="anchor .pth state dict (default: the shipped anchor of --model mlp or lenet; required for "
+                        "MODULE:ATTR)")
     g.add_argument("--out", default=d.out, help="output directory")
     g.add_argument("--id", dest="run_id", default=None, help="run id in file names (default: the anchor's stem)")
     g.add_argument("--seed", type=_nonneg_int, default=d.seed, help="seed of the initialisation, batch order and Lanczos")
@@ -146,6 +167,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seeds", default=None,
                    help="run the grid once per seed (a comma list or START:STOP, STOP excluded), each as its own "
                         "run id ID-seedS; overrides --seed")
+    g = p.add_argument_group("model and data")
+    g.add_argument("--model", default=d.model,
+                   help="mlp (widths from the anchor), lenet (LeNet-5, sigmoid, average pooling), or MODULE:ATTR: a "
+                        "hessjax.models.Model, a Flax module or a factory of either in an importable module or a "
+                        ".py file (see the README)")
+    g.add_argument("--activation", type=_activation, default=None,
+                   help="the MLP's hidden activation: sigmoid (default), tanh, softplus or gelu; ReLU-like ones are "
+                        "refused (the loss is not C² there)")
+    g.add_argument("--dataset", default=d.dataset,
+                   help="mnist (the shipped copy, or --data-dir / --tfds-dir), npz:PATH (x_train, y_train, x_test, "
+                        "y_test; uint8 scaled by 1/255, floats as is) or tfds:NAME (a prepared tfds data set in "
+                        "--tfds-dir; never downloads)")
     g = p.add_argument_group("adaptive refinement (adds λ where the trained network changes most)")
     g.add_argument("--refine", choices=("distance", "mu1", "overlap"), default=None,
                    help="indicator: |Δ log ‖θ − θ_ref‖|, |Δ log μ₁| or 1 − the top-k subspace overlap between "
@@ -165,13 +198,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--min-delta", type=_nonneg_float, default=d.min_delta)
     g.add_argument("--init", choices=("random", "anchor"), default=d.init,
                    help="start every λ from one seeded fresh initialisation, or from the anchor itself")
-    g = p.add_argument_group("data (MNIST; the first N samples of each split in file order)")
+    g = p.add_argument_group("data (the first N samples of each split in file order)")
     g.add_argument("--data-dir", default=None,
-                   help="directory of the four IDX files (default: $HESSJAX_DATA_DIR, else the copy shipped with hessjax)")
+                   help="MNIST: directory of the four IDX files (default: $HESSJAX_DATA_DIR, else the copy shipped "
+                        "with hessjax)")
     g.add_argument("--tfds-dir", default=None,
-                   help="a prepared tensorflow-datasets directory to read instead (never downloads; example order differs)")
-    g.add_argument("--train-samples", type=_positive_int, default=None, help="default: all 60,000")
-    g.add_argument("--test-samples", type=_positive_int, default=None, help="default: all 10,000")
+                   help="a prepared tensorflow-datasets directory: MNIST from there (example order differs), or the "
+                        "data of --dataset tfds:NAME (never downloads)")
+    g.add_argument("--train-samples", type=_positive_int, default=None, help="default: all (60,000 for MNIST)")
+    g.add_argument("--test-samples", type=_positive_int, default=None, help="default: all (10,000 for MNIST)")
     g.add_argument("--hessian-samples", type=_positive_int, default=None, help="default: the training samples")
     g.add_argument("--chunk-size", type=_positive_int, default=d.chunk_size,
                    help="samples per chunk of full-data losses, gradients and HVPs (bounds memory)")

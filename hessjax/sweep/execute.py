@@ -44,8 +44,13 @@ class RunContext:
 
     @property
     def fingerprint(self) -> dict:
+        extra = {}
+        if self.inputs.data.sha256:  # the .npz's bytes: a changed file is another data set
+            extra["dataset_sha256"] = self.inputs.data.sha256
+        if self.inputs.model_sha256:  # the source of a user's model: changed code is another model
+            extra["model_sha256"] = self.inputs.model_sha256
         return self.config.fingerprint() | {"seed": self.seed, "anchor": str(self.inputs.anchor_path),
-                                            "run_id": self.run_id}
+                                            "run_id": self.run_id} | extra
 
 
 def _precision(name: str):
@@ -73,7 +78,7 @@ class Compute:
                                          config.density_probes if config.density else 0, config.density_iters,
                                          config.bottom_k, config.multiplicity_check, config.member_products)
         self.programs = engine.Programs(engine.lambda_mesh(devices), train_cfg, spectrum,
-                                        precision=_precision(config.precision))
+                                        precision=_precision(config.precision), model=inputs.model)
         self.global_batch = per_device * len(devices)
         data, n_hess, dtype = inputs.data, inputs.n_hess, self.dtype
         rep = self.programs.put_replicated
@@ -99,7 +104,7 @@ class Compute:
         if self.config.init == "anchor":
             return self.anchor_dev
         return self.programs.put_replicated(
-            jax.tree_util.tree_map(np.asarray, initial_params(seed, self.inputs.anchor.sizes, self.dtype)))
+            jax.tree_util.tree_map(np.asarray, initial_params(seed, self.inputs.model, self.dtype)))
 
     def batch(self, slots, seed: int, start, previous=None, store=None, on_epoch=None):
         """Dispatch training and analysis of one batch; returns ``(states, analysis)`` as device
@@ -191,8 +196,12 @@ def _coordinator() -> bool:
 
 
 def _write_manifest(ctx) -> None:
+    data = ctx.inputs.data
+    extra = {"model": ctx.inputs.model.summary(),
+             "dataset": {"name": data.name, "sha256": data.sha256 or None, "train_samples": int(data.x_train.shape[0]),
+                         "test_samples": int(data.x_test.shape[0]), "hessian_samples": int(ctx.inputs.n_hess)}}
     results.write_manifest(ctx.out, ctx.run_id, ctx.fingerprint, anchor_sha256=ctx.anchor.sha256,
-                           devices=[str(d) for d in ctx.devices], matmul_precision=ctx.config.precision)
+                           devices=[str(d) for d in ctx.devices], matmul_precision=ctx.config.precision, extra=extra)
 
 
 def open_run(ctx, all_lams) -> "results.SweepStore":

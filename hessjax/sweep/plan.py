@@ -13,6 +13,9 @@ import numpy as np
 
 from .. import results
 from ..anchors import default_anchor_path
+from ..datasets import fit_to_model, load_dataset
+from ..mnist import DataError
+from ..models import BUILTIN_MODELS, ModelError, get_activation, is_user_model, resolve_model
 from ..results import UsageError
 
 __all__ = ["Inputs", "Slot", "cold_batches", "default_lambda_batch", "load_inputs", "parse_seeds", "parse_shard",
@@ -26,7 +29,9 @@ class Inputs:
     lams: np.ndarray  # [n] the grid, float64, as given
     anchor: object  # hessjax.bridges.Anchor (numpy params)
     anchor_path: Path
-    data: object  # hessjax.mnist.MNIST
+    data: object  # hessjax.datasets.Dataset, inputs shaped for the model
+    model: object  # hessjax.models.Model
+    model_sha256: str  # of a user model's source file ("" for the built-in models)
     n_hess: int
     out: Path
     seeds: tuple[int, ...]
@@ -168,9 +173,6 @@ def default_lambda_batch(platform_name: str) -> int:
 def load_inputs(config, jax) -> Inputs:
     """Check every setting and load the anchor and the data; :class:`UsageError` (or the loaders'
     ``DataError``/``AnchorError``) before any work."""
-    from ..bridges import anchor as anchor_io
-    from ..mnist import load_mnist
-
     lams = results.parse_lambdas(config.lambdas)
     if config.eigenvectors not in results.EIGVEC_FORMATS:
         raise UsageError(f"--eigenvectors must be csv, npy or none, got {config.eigenvectors!r}")
@@ -184,16 +186,15 @@ def load_inputs(config, jax) -> Inputs:
     if config.refine and (shard is not None or config.distributed):
         raise UsageError("--refine decides from every finished λ, so it runs in one process: finish the "
                          "shards first, then rerun the grid with --refine into the same --out")
-    anchor_path = Path(config.anchor) if config.anchor else default_anchor_path()
-    with jax.enable_x64(True):  # a float64 anchor is read exactly, then cast to --dtype later
-        anchor = anchor_io.load_anchor(anchor_path)
-        anchor = anchor._replace(params=jax.tree_util.tree_map(np.asarray, anchor.params))
-    base_id = config.run_id or anchor_path.stem
-    results.check_run_id(base_id)
     if config.tfds_dir and config.data_dir:
         raise UsageError("give either --data-dir (IDX files) or --tfds-dir (a prepared tfds directory)")
-    data = load_mnist(config.tfds_dir or config.data_dir, train_samples=config.train_samples,
-                      test_samples=config.test_samples, source="tfds" if config.tfds_dir else "idx")
+    data = load_dataset(config.dataset, data_dir=config.data_dir, tfds_dir=config.tfds_dir,
+                        train_samples=config.train_samples, test_samples=config.test_samples)
+    anchor_path = _anchor_path(config)
+    model, anchor = _model_and_anchor(config, anchor_path, data, jax)
+    data = fit_to_model(data, model.input_shape, model.num_classes, model.name)
+    base_id = config.run_id or anchor_path.stem
+    results.check_run_id(base_id)
     n_train = data.x_train.shape[0]
     n_hess = config.hessian_samples or n_train
     if n_hess > n_train:
@@ -203,7 +204,79 @@ def load_inputs(config, jax) -> Inputs:
     out = Path(config.out)
     if not config.dry_run:
         results.check_writable(out)
-    return Inputs(lams, anchor, anchor_path, data, n_hess, out, seeds, many, base_id, shard)
+    return Inputs(lams, anchor, anchor_path, data, model, _source_sha256(config.model), n_hess, out, seeds, many,
+                  base_id, shard)
+
+
+def _source_sha256(name: str) -> str:
+    """The SHA-256 of the source file of a ``MODULE:ATTR`` model ("" for the built-in models)."""
+    if not is_user_model(name):
+        return ""
+    import hashlib
+    import importlib.util
+
+    module = name.rpartition(":")[0]
+    path = Path(module) if module.endswith(".py") else None
+    if path is None:
+        spec = importlib.util.find_spec(module)
+        path = Path(spec.origin) if spec is not None and spec.origin else None
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path is not None and path.is_file() else ""
+
+
+def _anchor_path(config) -> Path:
+    """``--anchor``, or the shipped anchor of a built-in model; a user's model needs its own."""
+    if config.model not in BUILTIN_MODELS and not is_user_model(config.model):
+        raise UsageError(f"--model {config.model!r}: use {' or '.join(BUILTIN_MODELS)}, or MODULE:ATTR for your own "
+                         "(a hessjax.models.Model, a Flax module or a factory of either)")
+    if config.anchor:
+        return Path(config.anchor)
+    if is_user_model(config.model):
+        raise UsageError(f"--model {config.model} needs --anchor: a .pth state dict of its parameters (θ_ref), "
+                         "e.g. torch.save(module.state_dict(), path)")
+    return default_anchor_path(config.model)
+
+
+def _model_and_anchor(config, anchor_path: Path, data, jax):
+    """The model and the anchor matched to it: an MLP takes its widths from the anchor (which must start
+    at the data's sample size); any other model's parameters must be exactly the anchor's tensors."""
+    from ..bridges import anchor as anchor_io
+
+    try:
+        if config.model == "mlp":
+            get_activation(config.activation or "sigmoid")
+            with jax.enable_x64(True):  # a float64 anchor is read exactly, then cast to --dtype later
+                anchor = anchor_io.load_anchor(anchor_path, n_inputs=int(np.prod(data.sample_shape)), n_classes=None)
+                anchor = anchor._replace(params=jax.tree_util.tree_map(np.asarray, anchor.params))
+            model = resolve_model("mlp", sizes=anchor.sizes, activation=config.activation)
+        else:
+            model = resolve_model(config.model, activation=config.activation, input_shape=data.sample_shape)
+            with jax.enable_x64(True):
+                anchor = anchor_io.load_anchor(anchor_path, model=model)
+                anchor = anchor._replace(params=jax.tree_util.tree_map(np.asarray, anchor.params))
+    except (ModelError, ValueError) as err:
+        if isinstance(err, (anchor_io.AnchorError, DataError)):
+            raise
+        raise UsageError(str(err)) from None
+    return model, anchor
+
+
+def forward_flops(model) -> float:
+    """Floating-point operations of one sample's forward pass: the MLP's matmuls counted, any other
+    model's from XLA's cost analysis of its compiled forward pass."""
+    if model.mlp is not None:
+        sizes = model.mlp.sizes
+        return 2.0 * sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
+    import jax
+    import jax.numpy as jnp
+
+    params = jax.eval_shape(lambda key: model.init(key, jnp.float32), jax.random.PRNGKey(0))
+    sample = jax.ShapeDtypeStruct((1, *model.input_shape), jnp.float32)
+    try:
+        cost = jax.jit(model.apply).lower(params, sample).compile().cost_analysis()
+        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        return float(cost.get("flops", 0.0)) or 2.0 * model.num_params
+    except Exception:  # an estimate only: a backend without cost analysis falls back to 2 flops per weight
+        return 2.0 * model.num_params
 
 
 def print_plan(config, inputs: Inputs, run_id: str, todo, batches, devices, per_device) -> None:
@@ -214,7 +287,7 @@ def print_plan(config, inputs: Inputs, run_id: str, todo, batches, devices, per_
     n_train, n_test, n_hess = inputs.data.x_train.shape[0], inputs.data.x_test.shape[0], inputs.n_hess
     k, P = config.k, anchor.num_params
     m = config.lanczos_iters or default_num_iters(k, P)
-    flops_fwd = 2 * sum(a * b for a, b in zip(anchor.sizes[:-1], anchor.sizes[1:]))  # per sample
+    flops_fwd = forward_flops(inputs.model)  # per sample
     epochs = min(config.max_epochs, 40)  # a typical plateau; the cap bounds it
     train_flops = epochs * n_train * flops_fwd * 4  # forward + backward per step, and the epoch's L_eff
     # a cold first pass (often stops early; here counted whole) and the completeness probe; residuals cost
@@ -231,11 +304,13 @@ def print_plan(config, inputs: Inputs, run_id: str, todo, batches, devices, per_
     part = "" if inputs.shard is None else f" (worker {inputs.shard[0]} of {inputs.shard[1]}: its part)"
     lines = [
         f"run id        {run_id}" + (f"  (and {len(inputs.seeds) - 1} more seeds)" if len(inputs.seeds) > 1 else ""),
-        f"anchor        {inputs.anchor_path}  (chain {'-'.join(map(str, anchor.sizes))}, P={P:,})",
+        f"model         {inputs.model.name}: {inputs.model.description}, P={P:,}",
+        f"anchor        {inputs.anchor_path}" + (f"  (chain {'-'.join(map(str, anchor.sizes))})" if anchor.sizes else ""),
         f"λ grid        {len(lams)} values in [{min(lams):g}, {max(lams):g}]{part}; {len(todo)} to run",
         f"devices       {len(devices)} × {devices[0].platform} ({devices[0].device_kind}); {per_device} λ per device, "
         f"{len(batches)} batches of up to {per_device * len(devices)}",
-        f"data          {n_train:,} train / {n_test:,} test / {n_hess:,} Hessian samples",
+        f"data          {inputs.data.name}: {n_train:,} train / {n_test:,} test / {n_hess:,} Hessian samples of "
+        f"[{', '.join(map(str, inputs.model.input_shape))}], {inputs.model.num_classes} classes",
         f"training      Adam lr={config.lr} batch {config.batch_size}, ≤{config.max_epochs} epochs, "
         f"patience {config.patience}, min-delta {config.min_delta}, init {config.init}",
         f"spectrum      top {k} of the data Hessian (θ = μ + 2λ written in float64), Krylov basis {m}, "
