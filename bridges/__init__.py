@@ -34,6 +34,7 @@ EXPORTS = {
     ),
     "torch_ref": (
         "EigshResult",
+        "TorchGGN",
         "TorchHVP",
         "TorchLeNet",
         "TorchMLP",
@@ -54,8 +55,9 @@ __all__ = sorted(_MODULE_OF)
 if TYPE_CHECKING:  # static analysers see the eager imports
     from .anchor import (Anchor, AnchorError, anchor_from_state_dict, flat_to_state_dict, load_anchor,
                          parameter_names, params_to_state_dict, save_state_dict, state_dict_to_params)
-    from .torch_ref import (EigshResult, TorchHVP, TorchLeNet, TorchMLP, effective_loss_torch, fix_signs, grad_torch,
-                            hvp_torch, jax_params_from_torch, top_k_eigsh, torch_module, torch_params_from_jax)
+    from .torch_ref import (EigshResult, TorchGGN, TorchHVP, TorchLeNet, TorchMLP, effective_loss_torch, fix_signs,
+                            grad_torch, hvp_torch, jax_params_from_torch, top_k_eigsh, torch_module,
+                            torch_params_from_jax)
 
 
 def __getattr__(name: str):

@@ -246,6 +246,36 @@ class TorchHVP:
         return tensor_to_numpy(self(np.ascontiguousarray(v).ravel())).astype(np.float64)
 
 
+class TorchGGN:
+    """``v ↦ G v``, the generalized Gauss–Newton matrix of the mean cross-entropy,
+    ``(1/N) Σ_n J_nᵀ (diag p_n − p_n p_nᵀ) J_n v``, by ``torch.func.jvp`` and ``torch.func.vjp`` of the
+    forward pass (the textbook softmax Hessian; a float64 reference needs nothing more careful)."""
+
+    def __init__(self, model: nn.Module, x):
+        from torch.func import functional_call
+
+        self.model = model
+        dtype = next(model.parameters()).dtype
+        self.x = (x if isinstance(x, torch.Tensor) else numpy_to_tensor(as_numpy(x))).to(dtype)
+        self.names = [n for n, _ in model.named_parameters()]
+        self.params = tuple(p.detach() for p in model.parameters())
+        self.forward = lambda *ps: functional_call(model, dict(zip(self.names, ps)), (self.x,))
+        self.num_matvecs = 0
+
+    def __call__(self, v) -> torch.Tensor:
+        from torch.func import jvp, vjp
+
+        self.num_matvecs += 1
+        z, u = jvp(self.forward, self.params, tuple(_flat_v(self.model, v)))
+        p = torch.softmax(z, dim=-1)
+        w = p * (u - torch.sum(p * u, dim=-1, keepdim=True))
+        _, pullback = vjp(self.forward, *self.params)
+        return _flatten(pullback(w)) / self.x.shape[0]
+
+    def numpy_matvec(self, v: np.ndarray) -> np.ndarray:
+        return tensor_to_numpy(self(np.ascontiguousarray(v).ravel())).astype(np.float64)
+
+
 # --------------------------------------------------------------------------- eigensolver
 
 

@@ -10,7 +10,9 @@ in the reference. It then compares, per λ,
 
 * the written ``data_eigenvalue`` μ (certificates CSV) with the reference: ``max_i |μ_i − μ_i^ref| / |μ_1^ref|``,
   which must be ≤ ``--tol`` (default 1e-5, the sweep's own tolerance);
-* each written ``error_bound`` with the actual error ``|μ_i − μ_i^ref|``.
+* each written ``error_bound`` with the actual error ``|μ_i − μ_i^ref|``;
+* with ``--ggn`` runs, the written Gauss–Newton eigenvalues ``g`` with the top k of torch's
+  ``Jᵀ H_CE J`` (``torch.func.jvp``/``vjp``): ``max_i |g_i − g_i^ref| / |g_1^ref|`` ≤ ``--tol``.
 
     python -m hessjax.bridges.verify results --lambdas 0,0.1 [--id default] [--json check.json]
 
@@ -32,7 +34,7 @@ import numpy as np
 import torch
 
 from .anchor import AnchorError, load_anchor
-from .torch_ref import TorchHVP, top_k_eigsh, torch_module
+from .torch_ref import TorchGGN, TorchHVP, top_k_eigsh, torch_module
 
 __all__ = ["reference_spectrum", "verify_run", "main"]
 
@@ -76,9 +78,10 @@ def _model_and_data(config: dict, extra: dict):
     return model, data.x_train[:n_hess], data.y_train[:n_hess]
 
 
-def reference_spectrum(model, weights_path, x: np.ndarray, y: np.ndarray, k: int):
-    """The top ``k`` of the data Hessian at the weights in ``weights_path``, in float64 torch + ARPACK
-    (:func:`hessjax.bridges.top_k_eigsh` over :class:`hessjax.bridges.TorchHVP`, λ = 0)."""
+def reference_spectrum(model, weights_path, x: np.ndarray, y: np.ndarray, k: int, operator: str = "hessian"):
+    """The top ``k`` of the data Hessian (``operator="ggn"``: of its Gauss–Newton part) at the weights in
+    ``weights_path``, in float64 torch + ARPACK (:func:`hessjax.bridges.top_k_eigsh` over
+    :class:`hessjax.bridges.TorchHVP` at λ = 0, or :class:`hessjax.bridges.TorchGGN`)."""
     import jax
 
     with jax.enable_x64(True):  # a float64 sweep's weights are read exactly
@@ -87,8 +90,11 @@ def reference_spectrum(model, weights_path, x: np.ndarray, y: np.ndarray, k: int
         params = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), anchor.params)
     module = torch_module(model, params).double()
     tensors = [p.detach().clone() for p in module.parameters()]  # any anchor: λ = 0 ignores it
-    hvp = TorchHVP(module, tensors, 0.0, torch.from_numpy(np.asarray(x, np.float64)),
-                   torch.from_numpy(np.asarray(y)).long())
+    inputs = torch.from_numpy(np.array(x, np.float64))
+    if operator == "ggn":
+        hvp = TorchGGN(module, inputs)
+    else:
+        hvp = TorchHVP(module, tensors, 0.0, inputs, torch.from_numpy(np.array(y)).long())
     n_params = sum(p.numel() for p in module.parameters())
     return top_k_eigsh(hvp.numpy_matvec, n_params, k, tol=0.0, ncv=min(n_params - 1, max(2 * k + 1, 80)))
 
@@ -96,11 +102,17 @@ def reference_spectrum(model, weights_path, x: np.ndarray, y: np.ndarray, k: int
 def _written(out: Path, run_id: str, lam: float) -> dict:
     import pandas as pd
 
-    from hessjax.results import certificates_path
+    from hessjax.results import certificates_path, ggn_eigenvalues_path
 
     table = pd.read_csv(certificates_path(out, run_id, lam))
-    return {"mu": table["data_eigenvalue"].to_numpy(np.float64), "bound": table["error_bound"].to_numpy(np.float64),
-            "converged": table["converged"].to_numpy(bool)}
+    written = {"mu": table["data_eigenvalue"].to_numpy(np.float64),
+               "bound": table["error_bound"].to_numpy(np.float64), "converged": table["converged"].to_numpy(bool)}
+    ggn = ggn_eigenvalues_path(out, run_id, lam)
+    if ggn.exists():
+        table = pd.read_csv(ggn)
+        written["ggn"] = table["eigenvalue"].to_numpy(np.float64)
+        written["ggn_converged"] = table["converged"].to_numpy(bool)
+    return written
 
 
 def verify_run(out, run_id: str | None = None, lambdas: Sequence[float] | None = None, tol: float = 1e-5,
@@ -132,6 +144,10 @@ def verify_run(out, run_id: str | None = None, lambdas: Sequence[float] | None =
                "unconverged": int(np.sum(~written["converged"])), "reference_matvecs": int(ref.num_matvecs),
                "seconds": round(time.perf_counter() - t0, 2)}
         row["ok"] = bool(row["max_error_over_mu1"] <= tol and row["bound_violations"] == 0)
+        if "ggn" in written:  # --ggn: its top k against the torch Gauss–Newton product
+            g = reference_spectrum(model, pth_path(out, run_id, lam), x, y, written["ggn"].size, "ggn")
+            row["ggn_max_error_over_g1"] = float(np.max(np.abs(written["ggn"] - g.eigenvalues)) / abs(g.eigenvalues[0]))
+            row["ok"] = row["ok"] and row["ggn_max_error_over_g1"] <= tol
         rows.append(row)
         if progress is not None:
             progress(row)
@@ -154,8 +170,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from hessjax.results import UsageError
 
     def show(row):
+        ggn = f"  GGN max|Δg|/g₁ {row['ggn_max_error_over_g1']:.2e}" if "ggn_max_error_over_g1" in row else ""
         print(f"λ = {row['lambda']:<10g} max|Δμ|/μ₁ {row['max_error_over_mu1']:.2e}  max rel {row['max_relative_error']:.2e}"
-              f"  bound violations {row['bound_violations']}  unconverged {row['unconverged']}  "
+              f"{ggn}  bound violations {row['bound_violations']}  unconverged {row['unconverged']}  "
               f"({row['reference_matvecs']} float64 products, {row['seconds']:.1f} s)  "
               f"{'ok' if row['ok'] else 'FAILED'}", flush=True)
 

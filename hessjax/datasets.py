@@ -67,15 +67,16 @@ def parse_dataset(spec: str) -> tuple[str, str]:
 def load_dataset(spec: str = "mnist", *, data_dir=None, tfds_dir=None, train_samples: int | None = None,
                  test_samples: int | None = None, dtype=np.float32) -> Dataset:
     """The data set ``spec`` (see the module docstring), the first ``train_samples`` / ``test_samples``
-    of each split (all for ``None``), inputs in ``dtype``."""
+    of each split (all for ``None``), inputs in ``dtype``: images (uint8) are scaled by 1/255 in float32,
+    as torchvision's ``ToTensor`` does, and then cast; float inputs are taken in ``dtype`` as they are."""
     kind, arg = parse_dataset(spec)
     dtype = np.dtype(dtype)
     if kind == "mnist":
         if tfds_dir and data_dir:
             raise DataError("give either --data-dir (IDX files) or --tfds-dir (a prepared tfds directory)")
         data = load_mnist(tfds_dir or data_dir, train_samples=train_samples, test_samples=test_samples,
-                          source="tfds" if tfds_dir else "idx", dtype=dtype)
-        return Dataset(*data, name="mnist")
+                          source="tfds" if tfds_dir else "idx")
+        return Dataset(data.x_train.astype(dtype), data.y_train, data.x_test.astype(dtype), data.y_test, name="mnist")
     if data_dir:
         raise DataError(f"--data-dir names MNIST's IDX files; it does not apply to --dataset {spec}")
     if kind == "npz":
@@ -138,9 +139,10 @@ def _check_split(x: np.ndarray, y: np.ndarray, split: str, where: str) -> None:
 
 
 def _inputs(x: np.ndarray, where: str, dtype: np.dtype) -> np.ndarray:
-    """uint8 → ``dtype`` by ``/255`` (ToTensor), floats as they are; anything else refused; all finite."""
+    """uint8 → ``/255`` in float32 as torchvision's ``ToTensor``, then ``dtype``; floats in ``dtype`` as they
+    are; anything else refused; all finite."""
     if x.dtype == np.uint8:
-        return to_float(x, dtype)
+        return to_float(x, np.dtype(np.float32)).astype(dtype)
     if not np.issubdtype(x.dtype, np.floating):
         raise DataError(f"{where} has dtype {x.dtype}: inputs are uint8 (scaled by 1/255) or floats (taken as is)")
     out = x.astype(dtype)
@@ -165,7 +167,7 @@ def _load_tfds(name: str, tfds_dir, train_samples, test_samples, dtype: np.dtype
     splits = []
     for split in ("train", "test"):
         images, labels = _tfds_arrays(examples[split], f"tfds {name!r} split {split!r} in {where_dir}")
-        splits += [to_float(images, dtype), labels]
+        splits += [to_float(images, np.dtype(np.float32)).astype(dtype), labels]
     _check_same_shape(splits[0], splits[2], f"tfds {name!r}")
     return Dataset(*splits, name=f"tfds:{name}")
 

@@ -40,7 +40,8 @@ from jax.flatten_util import ravel_pytree
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from .hvp import Chunks, dataset_accuracy, dataset_cross_entropy, dataset_grad
+from .ggn import flat_ggn_matvec
+from .hvp import Chunks, dataset_accuracy, dataset_cross_entropy, dataset_grad_parts
 from .lanczos import DEFAULT_MAX_RESTARTS, EigResult, top_k_eigenpairs, top_k_eigenpairs_batched
 from .linearized import hessian_operator
 from .loss import anchor_penalty
@@ -64,6 +65,7 @@ class SpectrumConfig(NamedTuple):
     bottom_k: int = 0  # smallest eigenpairs (0: none)
     multiplicity_check: bool = True  # completeness probes for missed eigenvalues (max((m − k)/4, 12) matvecs each)
     member_products: bool = True  # a λ batch applies each member's Hessian only while that member extends
+    ggn: bool = False  # also the top k of the Gauss–Newton part G of the data Hessian
 
 
 class Extras(NamedTuple):
@@ -72,6 +74,7 @@ class Extras(NamedTuple):
     trace: TraceEstimate | None  # Hutchinson tr ∇²L_eff: trace [], stderr [], samples [probes]
     slq: SLQResult | None  # SLQ nodes and weights [probes, density_iters]
     bottom: EigResult | None  # bottom_k smallest eigenpairs, ascending
+    ggn: EigResult | None  # top k of the generalized Gauss–Newton matrix G of the mean cross-entropy
 
 
 class Analysis(NamedTuple):
@@ -83,6 +86,8 @@ class Analysis(NamedTuple):
     gradient: jax.Array  # [P] ∇L_eff over the training samples, PyTorch flat order
     grad_norm: jax.Array  # [] ‖∇L_eff‖
     distance_to_anchor: jax.Array  # [] ‖θ − θ_ref‖
+    gradient_overlap: jax.Array  # [] ‖Vₖᵀ ∇CE‖² / ‖∇CE‖²: the data gradient's share in the top-k eigenspace
+    displacement_overlap: jax.Array  # [] ‖Vₖᵀ (θ − θ_ref)‖² / ‖θ − θ_ref‖²: the displacement's share there
     weights: jax.Array  # [P] the weights analysed, PyTorch flat order
     eig: EigResult  # top-k eigenpairs μ of the data Hessian ∇²(mean CE) over the Hessian samples
     extras: Extras  # trace, density and bottom eigenpairs of the data Hessian, where asked for
@@ -107,6 +112,7 @@ class _Prepared(NamedTuple):
 
     flat: jax.Array  # [P] the weights
     grad: jax.Array  # [P] ∇L_eff over the training samples
+    data_grad: jax.Array  # [P] ∇ mean CE over the training samples
     lin: object  # the data Hessian linearized at θ (hessian_operator(model).linearize): a pytree
     unshifted: jax.Array  # [] 0 in λ's dtype: the data Hessian, without the penalty's 2λI
     v0: jax.Array  # [P] Lanczos start vector
@@ -121,11 +127,20 @@ def model_for(model: Model | None, params: Params) -> Model:
 
 def _prepare(params: Params, anchor: Params, lam, key, train: Chunks, hess: Chunks, precision, model) -> _Prepared:
     flat, _ = ravel_pytree(params)
-    grad = ravel_pytree(dataset_grad(params, anchor, lam, train, precision=precision, apply=model.apply))[0]
+    data_grad, grad = dataset_grad_parts(params, anchor, lam, train, precision=precision, apply=model.apply)
     k_start, k_restart, k_bottom = jax.random.split(key, 3)
     v0 = jax.random.normal(k_start, flat.shape, flat.dtype)
     lin = hessian_operator(model).linearize(params, hess, precision)
-    return _Prepared(flat, grad, lin, jnp.zeros_like(lam), v0, k_restart, k_bottom)
+    return _Prepared(flat, ravel_pytree(grad)[0], ravel_pytree(data_grad)[0], lin, jnp.zeros_like(lam), v0,
+                     k_restart, k_bottom)
+
+
+def subspace_share(vectors: jax.Array, u: jax.Array, precision=DEFAULT_PRECISION) -> jax.Array:
+    """``‖Vᵀu‖² / ‖u‖²`` for orthonormal rows ``vectors`` ``[k, P]``: the fraction of ``u``'s squared norm in
+    their span, in [0, 1]; NaN for ``u = 0``."""
+    c = jnp.matmul(vectors, u, precision=precision)
+    norm2 = jnp.vdot(u, u)
+    return jnp.where(norm2 > 0, jnp.vdot(c, c) / jnp.where(norm2 > 0, norm2, 1), jnp.nan)
 
 
 def _eig_options(spectrum: SpectrumConfig, precision) -> dict:
@@ -136,6 +151,7 @@ def _eig_options(spectrum: SpectrumConfig, precision) -> dict:
 def _finish(params: Params, anchor: Params, key, train: Chunks, test: Chunks, hess: Chunks, pre: _Prepared,
             eig: EigResult, spectrum: SpectrumConfig, probes, precision, model: Model) -> Analysis:
     apply = model.apply
+    anchor_flat = ravel_pytree(anchor)[0]
     return Analysis(
         train_loss=dataset_cross_entropy(params, train, precision=precision, apply=apply),
         test_loss=dataset_cross_entropy(params, test, precision=precision, apply=apply),
@@ -143,9 +159,11 @@ def _finish(params: Params, anchor: Params, key, train: Chunks, test: Chunks, he
         gradient=pre.grad,
         grad_norm=jnp.linalg.norm(pre.grad),
         distance_to_anchor=jnp.sqrt(anchor_penalty(params, anchor)),
+        gradient_overlap=subspace_share(eig.eigenvectors, pre.data_grad, precision),
+        displacement_overlap=subspace_share(eig.eigenvectors, pre.flat - anchor_flat, precision),
         weights=pre.flat,
         eig=eig,
-        extras=_extras(pre.lin, pre.unshifted, hess, pre.flat, eig, pre.k_bottom,
+        extras=_extras(params, pre.lin, pre.unshifted, hess, pre.flat, eig, pre.k_bottom,
                        jax.random.fold_in(key, 7) if probes is None else probes, spectrum, precision, model),
     )
 
@@ -199,8 +217,10 @@ def analyze_batch(params: Params, anchor: Params, lams, keys, train: Chunks, tes
                                                   precision, model))(params, keys, pre, eig)
 
 
-def _extras(lin, lam, hess, flat, eig, k_bottom, probes, spectrum: SpectrumConfig, precision, model) -> Extras:
-    """Trace, density and bottom eigenpairs over the same linearized data Hessian as the top k.
+def _extras(params, lin, lam, hess, flat, eig, k_bottom, probes, spectrum: SpectrumConfig, precision,
+            model) -> Extras:
+    """Trace, density and bottom eigenpairs over the same linearized data Hessian as the top k, and the
+    top k of its Gauss–Newton part (:mod:`hessjax.ggn`) over the same samples.
 
     The Hutchinson and SLQ probes come from the key ``probes`` (:func:`probe_key`), shared by every
     λ of a sweep (common random numbers: differences between λ are then the differences of the
@@ -210,7 +230,7 @@ def _extras(lin, lam, hess, flat, eig, k_bottom, probes, spectrum: SpectrumConfi
     matvec = functools.partial(hessian_operator(model).matvec, precision=precision)
     ops, dim, dtype = (lin, lam, hess), flat.shape[0], flat.dtype
     k_trace, k_slq = jax.random.split(probes)
-    trace = slq = bottom = None
+    trace = slq = bottom = ggn = None
     if spectrum.trace_probes:
         trace = hutchinson_trace(matvec, k_trace, spectrum.trace_probes, dim, dtype, params=ops, precision=precision)
     if spectrum.density_probes:
@@ -221,7 +241,14 @@ def _extras(lin, lam, hess, flat, eig, k_bottom, probes, spectrum: SpectrumConfi
         bottom = bottom_k_eigenpairs(matvec, v0, spectrum.bottom_k, params=ops, shift=eig.eigenvalues[0],
                                      tol=spectrum.tol, max_restarts=spectrum.max_restarts,
                                      key=jax.random.fold_in(k_bottom, 1), precision=precision)
-    return Extras(trace, slq, bottom)
+    if spectrum.ggn:
+        k_ggn = jax.random.fold_in(k_bottom, 2)
+        v0 = jax.random.normal(k_ggn, flat.shape, dtype)
+        ggn = top_k_eigenpairs(functools.partial(flat_ggn_matvec, precision=precision, apply=model.apply), v0,
+                               spectrum.k, spectrum.num_iters, params=(params, hess), tol=spectrum.tol,
+                               max_restarts=spectrum.max_restarts, key=jax.random.fold_in(k_ggn, 1),
+                               precision=precision, multiplicity_check=spectrum.multiplicity_check)
+    return Extras(trace, slq, bottom, ggn)
 
 
 def lambda_mesh(devices=None) -> jax.sharding.Mesh:
@@ -248,6 +275,24 @@ class Programs:
             return jax.vmap(lambda lam: init_state(start, anchor, lam, train, cfg, precision=precision,
                                                    apply=apply))(lams)
 
+        def init_follow(default, previous, stored, source, previous_ok, anchor, lams, train):
+            # --init follow: member i starts from its predecessor's converged weights — the previous batch's
+            # same member (source 1, if it stayed finite) or stored weights (source 2, flat [G, P]) — else
+            # from the default start; the store keeps weights in float32, so a float64 sweep rounds its
+            # device copy alike and a resumed λ starts exactly as an uninterrupted one
+            apply = model_for(model, anchor).apply
+            _, unravel = ravel_pytree(default)
+            use_prev, use_store = (source == 1) & previous_ok, source == 2
+
+            def one(prev, flat_stored, use_p, use_s, lam):
+                prev = jax.tree_util.tree_map(lambda a: a.astype(jnp.float32).astype(a.dtype), prev)
+                start = jax.tree_util.tree_map(lambda s, p, d: jnp.where(use_s, s, jnp.where(use_p, p, d)),
+                                               unravel(flat_stored), prev, default)
+                return init_state(start, anchor, lam, train, cfg, precision=precision, apply=apply)
+
+            states = jax.vmap(one)(previous, stored, use_prev, use_store, lams)
+            return states, use_prev | use_store
+
         def epoch(states, anchor, lams, x, y, train, seed, epoch_index):
             order = epoch_order(seed, epoch_index, x.shape[0])  # one permutation shared by every λ
             apply = model_for(model, anchor).apply
@@ -272,6 +317,7 @@ class Programs:
 
         split = self.split
         self.init = jax.jit(init, out_shardings=split)
+        self.init_follow = jax.jit(init_follow, out_shardings=split)
         self.epoch = jax.jit(epoch, out_shardings=split, donate_argnums=0)
         # members are independent: each device solves its own rows in its own loops (no lockstep
         # across devices, and a member's operator is sliced only on the device that holds it)
@@ -293,7 +339,7 @@ class Programs:
 
     def compilations(self) -> dict[str, int]:
         """How many times each program was compiled (1 each for a sweep whose batches share a shape)."""
-        return {"init": self.init._cache_size(), "epoch": self.epoch._cache_size(),
+        return {"init": self.init._cache_size() + self.init_follow._cache_size(), "epoch": self.epoch._cache_size(),
                 "analyze": self.analyze._cache_size(), "healthy": self.healthy._cache_size()}
 
     def put_split(self, array) -> jax.Array:
@@ -320,13 +366,16 @@ def gather(array) -> np.ndarray:
 
 
 def train_batch(programs: Programs, start, anchor, lams, x, y, train, seed: int, max_epochs: int,
-                on_epoch=None) -> TrainState:
+                on_epoch=None, states=None) -> TrainState:
     """Train every member of a λ batch to its stopping epoch, one compiled epoch per call.
 
     The host reads back only the ``stopped`` flags (and, for ``on_epoch(epoch, states)``, whatever
-    the callback asks for) between epochs; it stops when every member has stopped.
+    the callback asks for) between epochs; it stops when every member has stopped. ``states``: the
+    members' epoch-0 states when they start from different points (``Programs.init_follow``);
+    otherwise every member starts from ``start``.
     """
-    states = programs.init(start, anchor, lams, train)
+    if states is None:
+        states = programs.init(start, anchor, lams, train)
     for epoch in range(1, max_epochs + 1):
         if bool(np.all(gather(states.stopped))):
             break

@@ -35,7 +35,7 @@ def problem():
     programs = engine.Programs(engine.lambda_mesh(), TrainConfig(lr=0.02, batch_size=16, max_epochs=12, patience=2,
                                                                  min_delta=1e-3),
                                engine.SpectrumConfig(k=3, num_iters=32, tol=1e-10, bottom_k=2, trace_probes=4,
-                                                     multiplicity_check=False))
+                                                     multiplicity_check=False, ggn=True))
     chunks = chunk_data(x, y, 20)
     rep = programs.put_replicated
     return dict(programs=programs, x=rep(x), y=rep(y), chunks=rep(chunks), anchor=rep(anchor), start=rep(start),
@@ -94,6 +94,20 @@ def test_the_spectrum_is_the_data_hessians_against_a_dense_reference(problem):
         # the data term's trace estimate is unbiased for tr ∇²(mean CE), without 2λP
         est = batch.extras.trace
         assert abs(float(est.trace[i]) - np.trace(np.asarray(dense))) <= 5 * float(est.stderr[i])
+        # the Gauss–Newton part: (1/N) Σ J_nᵀ (diag p − ppᵀ) J_n from the dense Jacobian of the logits
+        jac = jax.jacfwd(lambda f: hessjax.apply_mlp(unravel(f), x))(flat)  # [N, K, P]
+        p = jax.nn.softmax(hessjax.apply_mlp(params, x))
+        h_out = jax.vmap(jnp.diag)(p) - p[:, :, None] * p[:, None, :]
+        G = np.asarray(jnp.einsum("nkp,nkl,nlq->pq", jac, h_out, jac)) / x.shape[0]
+        g = np.linalg.eigvalsh(G)[::-1]
+        assert bool(np.all(batch.extras.ggn.converged[i]))
+        np.testing.assert_allclose(batch.extras.ggn.eigenvalues[i], g[:3], atol=1e-9 * g[0])
+        # the overlaps of the data gradient and the displacement with the top-3 eigenspace, densely
+        vecs = np.linalg.eigh(np.asarray(dense))[1][:, ::-1][:, :3]
+        g_data = np.asarray(ravel_pytree(jax.grad(hessjax.cross_entropy)(params, x, y))[0])
+        disp = np.asarray(flat) - np.asarray(ravel_pytree(anchor)[0])
+        for got, u in ((batch.gradient_overlap[i], g_data), (batch.displacement_overlap[i], disp)):
+            np.testing.assert_allclose(got, np.sum((vecs.T @ u) ** 2) / (u @ u), rtol=1e-7)
 
 
 def test_programs_compile_once_per_batch_shape(problem):

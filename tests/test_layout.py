@@ -10,8 +10,8 @@ import pytest
 from conftest import REPO
 
 PACKAGE = REPO / "hessjax"
-NUMERICS = {"models", "loss", "operators", "krylov", "lanczos", "hvp", "linearized", "spectral", "training", "engine",
-            "certified"}
+NUMERICS = {"models", "loss", "operators", "krylov", "lanczos", "hvp", "linearized", "ggn", "spectral", "training",
+            "engine", "certified"}
 NUMPY_ONLY = {"bounds", "refine", "density"}
 DATA = {"mnist", "datasets"}
 JAX_NUMERICS = {f"hessjax.{m}" for m in NUMERICS}

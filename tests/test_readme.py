@@ -44,6 +44,10 @@ def test_readme_example_runs(workdir, index):
         assert 0.02 in namespace["metrics"].index
         assert namespace["v"].shape[1] == 118_282
         assert not np.isnan(namespace["top"].sel({"lambda": 0.02}).values).any()
+    if "s" in namespace and hasattr(namespace["s"], "error_bounds"):  # hessjax.spectrum at one point
+        s = namespace["s"]
+        assert s.converged.all() and s.eigenvalues.shape == (5,) and s.eigenvectors.shape == (5, 44_426)
+        assert np.all(np.diff(s.eigenvalues) <= 0) and np.all(s.error_bounds < 1e-4 * s.eigenvalues[0])
     if "eig" in namespace:  # the library example
         eig = namespace["eig"]
         assert bool(eig.converged.all()) and eig.eigenvalues.shape == (10,)

@@ -238,14 +238,17 @@ def test_a_different_configuration_is_refused_unless_overwrite(base_run):
     assert proc.returncode == 2 and "lr" in proc.stderr
 
 
-def test_trace_density_and_bottom_k_extras(tmp_path):
+def test_trace_density_bottom_k_and_ggn_extras(tmp_path):
     import xarray as xr
 
     sweep("--out", tmp_path, "--lambdas", "0,0.05", "--quiet", *SMALL, "--trace", "--trace-probes", "20",
-          "--density", "--density-probes", "3", "--density-iters", "30", "--bottom-k", "2")
+          "--density", "--density-probes", "3", "--density-iters", "30", "--bottom-k", "2", "--ggn")
     model = pd.read_csv(tmp_path / "Model-default.csv")
-    assert {"trace", "trace_stderr", "lambda_min", "lambda_min_residual"} <= set(model.columns)
+    assert {"trace", "trace_stderr", "lambda_min", "lambda_min_residual", "lambda_c", "ggn_max", "gradient_overlap",
+            "displacement_overlap"} <= set(model.columns)
+    assert model["gradient_overlap"].between(0, 1).all() and model["displacement_overlap"].between(0, 1).all()
     ds = xr.open_zarr(tmp_path / "default.zarr").sortby("lambda")
+    np.testing.assert_array_equal(ds["gradient_overlap"].values, model["gradient_overlap"].to_numpy())
     assert ds["slq_nodes"].shape == (2, 3, 30) and ds["bottom_eigenvalues"].shape == (2, 2)
     np.testing.assert_allclose(ds["slq_weights"].sum("node").values, 1.0, rtol=16 * EPS32)  # squares of a unit vector
     records = {0.0: json.loads((tmp_path / "records" / "default-0.json").read_text()),
@@ -269,8 +272,20 @@ def test_trace_density_and_bottom_k_extras(tmp_path):
         np.testing.assert_allclose(density["node"].to_numpy().reshape(3, 30), nodes, rtol=0, atol=0)
         # the trace of ∇²L_eff is the data term's (estimated) plus exactly 2λP, added in float64
         assert rec["extra"]["trace"] == rec["extra"]["data_trace"] + 2 * lam * 118_282
+        # λ_c = max(0, −μ_min/2): L_eff is locally convex at these weights exactly when λ ≥ λ_c
+        assert rec["extra"]["lambda_c"] == max(0.0, -mu_bottom[0] / 2) and model["lambda_c"].iloc[i] >= 0
+        assert (lam >= rec["extra"]["lambda_c"]) == (bottom["eigenvalue"].iloc[0] >= 0)
+        ggn = pd.read_csv(tmp_path / f"GGN-eigenvalues-default-{label}.csv")
+        assert list(ggn.columns) == ["eigenvalue", "residual", "converged"] and len(ggn) == 4 and ggn["converged"].all()
+        assert np.all(np.diff(ggn["eigenvalue"]) <= 0) and ggn["eigenvalue"].iloc[0] == rec["extra"]["ggn_max"]
+        np.testing.assert_array_equal(ds["ggn_eigenvalues"].values[i], ggn["eigenvalue"].to_numpy())
+    # the μ and the Gauss–Newton eigenvalues against float64 torch + scipy at the written weights
+    from hessjax.bridges.verify import verify_run
+
+    checked = verify_run(tmp_path, "default")
+    assert checked["ok"] and all(r["ggn_max_error_over_g1"] <= 1e-5 for r in checked["lambdas"]), checked
     proc = subprocess.run([sys.executable, "-m", "hessjax.report", str(tmp_path), "--quiet"], capture_output=True,
                           text=True, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
-    for name in ("trace", "density", "bottom"):
+    for name in ("trace", "density", "bottom", "ggn", "subspace"):
         assert (tmp_path / "report-default" / f"{name}.png").stat().st_size > 5000

@@ -15,6 +15,7 @@ from .branches import DEFAULT_MIN_OVERLAP
 from .derived import DEFAULT_OUTLIER_FACTOR
 from .seeds import SEED_ALPHA, plan_runs, render_seeds_report
 from .summary import FORMATS, check_settings, render_report
+from .walks import DEFAULT_HYSTERESIS_THRESHOLD
 
 
 class _Parser(argparse.ArgumentParser):
@@ -51,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-overlap", type=float, default=DEFAULT_MIN_OVERLAP,
                    help="a matched eigenvector pair with a smaller |overlap| starts a new branch")
     p.add_argument("--formats", default=",".join(FORMATS), help="comma list of plot formats (png, svg)")
+    p.add_argument("--hysteresis-threshold", type=float, default=DEFAULT_HYSTERESIS_THRESHOLD,
+                   help="--init follow: the two walks differ at a lambda where ||theta_up - theta_down|| exceeds "
+                        "this fraction of the larger distance to the anchor")
     p.add_argument("--quiet", action="store_true", help="print nothing on success")
     return p
 
@@ -75,7 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_ids, groups = plan_runs(args.out, args.run_id)
         for run_id in run_ids:
             result = render_report(args.out, run_id, source=args.source, outlier_factor=args.outlier_factor,
-                                   min_overlap=args.min_overlap, formats=formats)
+                                   min_overlap=args.min_overlap, formats=formats,
+                                   hysteresis_threshold=args.hysteresis_threshold)
             d = result.derived
             lines.append(f"report of {d['run_id']} ({d['n_lambdas']} of {d['total_lambdas']} λ, {d['source']}): "
                          f"{len(result.files)} files in {result.directory}")

@@ -63,6 +63,7 @@ class Derived:
     has_vectors: bool  # at least one such pair
     branching: BranchResult | None = None  # crossings, avoided crossings, discontinuities (rows: branch_rows)
     branch_rows: list | None = None  # the rows of data that have eigenvectors, as numbered in branching
+    ggn_outliers: np.ndarray | None = None  # [n] outliers above the bulk of the Gauss–Newton eigenvalues (--ggn)
 
 
 def compute_derived(data: SweepData, *, outlier_factor: float = DEFAULT_OUTLIER_FACTOR,
@@ -114,8 +115,10 @@ def compute_derived(data: SweepData, *, outlier_factor: float = DEFAULT_OUTLIER_
             relabel.setdefault(int(bid), len(relabel))
     branch = np.vectorize(lambda b: relabel.get(int(b), -1), otypes=[np.int64])(branch) if branch.size else branch
     pairs = [(a, b, o) for a, b, o, _ in pairs if o is not None]
+    ggn = data.extras.get("ggn_eigenvalues")
+    ggn_outliers = None if ggn is None else outlier_counts(np.atleast_2d(ggn), outlier_factor)[0]
     return Derived(counts, thresholds, gap_ratio(data.mu), branch, matched, max_overlap, pairs, bool(pairs),
-                   branching, rows)
+                   branching, rows, ggn_outliers)
 
 
 # --------------------------------------------------------------------------------------------- the branches, for the figures and the summary

@@ -288,7 +288,61 @@ def _plot_bottom(data: SweepData, derived: Derived) -> Drawn | None:
         r.legend(fontsize=8)
     r0.set(ylabel="θ: eigenvalue of ∇²L_eff", title=f"{data.run_id}: bottom-{m} eigenvalues")
     r1.set(ylabel="μ = θ − 2λ")
+    lam_c = data.metric("lambda_c")
+    if np.isfinite(lam_c).any():  # where L_eff turns locally convex: λ ≥ λ_c = max(0, −μ_min/2)
+        convex = np.isfinite(lam_c) & (lam >= lam_c)
+        r1.plot(lam[convex], (bot[:, 0] - 2 * lam)[convex], "s", ls="none", mfc="none", mec="C2", markersize=7,
+                label="λ ≥ λ_c: L_eff locally convex")
+        r1.legend(fontsize=8)
+        return fig, 2 * m + 2 + marked
     return fig, 2 * m + 1 + marked
+
+
+def _plot_subspace(data: SweepData, derived: Derived) -> Drawn | None:
+    """How much of the data gradient ∇CE and of the displacement θ − θ_ref lies in the top-k eigenspace:
+    ‖Vₖᵀu‖²/‖u‖² against λ."""
+    grad, disp = data.metric("gradient_overlap"), data.metric("displacement_overlap")
+    if not (np.isfinite(grad).any() or np.isfinite(disp).any()):
+        return None
+    lam = data.lambdas
+    fig = new_figure((7, 4.5))
+    (row,) = lambda_rows(fig, lam)
+    row.plot(lam, grad, "C0", label="gradient ∇CE", **dot_style(lam))
+    row.plot(lam, disp, "C3", label="displacement θ − θ_ref", **dot_style(lam))
+    row.set_ylim(-0.02, 1.02)
+    row.set(ylabel=f"‖V_{data.k}ᵀu‖² / ‖u‖²",
+            title=f"{data.run_id}: share in the top-{data.k} eigenspace of the data Hessian")
+    row.legend(fontsize=8)
+    return fig, 2
+
+
+def _plot_ggn(data: SweepData, derived: Derived) -> Drawn | None:
+    """The Gauss–Newton split H = G + (H − G): the top μ_i and g_i against λ (log y where positive), and
+    the number of outliers above the bulk of each, with the number of classes K."""
+    if "ggn_eigenvalues" not in data.extras:
+        return None
+    lam, g = data.lambdas, np.atleast_2d(data.extras["ggn_eigenvalues"])
+    fig = new_figure((7, 7))
+    r0, r1 = lambda_rows(fig, lam, 2)
+    mu = data.mu
+    for j in range(mu.shape[1]):
+        r0.plot(lam, positive_only(mu[:, j]), color="C0", lw=0.8, alpha=0.6, label="μ_i (H)" if j == 0 else None)
+    for j in range(g.shape[1]):
+        r0.plot(lam, positive_only(g[:, j]), color="C1", lw=0.8, ls="--", label="g_i (G)" if j == 0 else None)
+    marked = mark_unconverged(r0, lam, g, data.extras.get("ggn_converged"))
+    log_if_positive(r0, positive_only(mu), positive_only(g), span=1.0)
+    r0.set(ylabel="eigenvalue", title=f"{data.run_id}: Hessian H and its Gauss–Newton part G (top {g.shape[1]})")
+    r0.legend(fontsize=8)
+    r1.plot(lam, derived.n_outliers, "C0", drawstyle="steps-mid", label="outliers of H", **dot_style(lam))
+    r1.plot(lam, derived.ggn_outliers, "C1", drawstyle="steps-mid", ls="--", label="outliers of G", **dot_style(lam))
+    series = 2 * (mu.shape[1] > 0) + 2 + marked
+    if data.num_classes:
+        r1.axhline(data.num_classes, color="0.5", lw=0.8, ls=":", label=f"K = {data.num_classes} classes")
+        series += 1
+    integer_ticks(r1.main.yaxis)
+    r1.set(ylabel="outliers above the bulk")
+    r1.legend(fontsize=8)
+    return fig, series
 
 
 #: The report's plots in order: (name, function of (data, derived) -> (figure, series) or None).
@@ -303,4 +357,6 @@ _PLOTS = (
     ("trace", _plot_trace),
     ("density", _plot_density),
     ("bottom", _plot_bottom),
+    ("subspace", _plot_subspace),
+    ("ggn", _plot_ggn),
 )

@@ -31,9 +31,12 @@ EXTRA_ARRAYS = {
     "bottom_eigenvalues": ("lambda", "bottom"),  # smallest eigenvalues of ∇²L_eff (θ), ascending
     "bottom_residuals": ("lambda", "bottom"),  # their residuals
     "bottom_converged": ("lambda", "bottom"),  # 1.0 where the pair met the solver's tolerance, else 0.0
+    "ggn_eigenvalues": ("lambda", "ggn"),  # top k of the Gauss–Newton part G of the data Hessian (--ggn)
+    "ggn_residuals": ("lambda", "ggn"),
+    "ggn_converged": ("lambda", "ggn"),
 }
 METRICS = ("train_loss", "test_loss", "test_accuracy", "grad_norm", "distance_to_anchor", "max_residual", "epochs",
-           "best_epoch", "converged", "diverged")
+           "best_epoch", "converged", "diverged", "gradient_overlap", "displacement_overlap", "lambda_c")
 _LABEL_RE = r"[0-9]+(?:\.[0-9]+)?"
 
 
@@ -55,6 +58,8 @@ class SweepData:
     residuals: np.ndarray | None = None  # ‖Hv − μv‖ of the written unit eigenvector
     error_bounds: np.ndarray | None = None  # bound on |μ − μ_true|
     eig_converged: np.ndarray | None = None  # bool: the pair met the solver's tolerance
+    num_classes: int | None = None  # K, the model's outputs (store attribute or manifest), where known
+    weight_reader: Callable[[int], np.ndarray] | None = None  # i -> [P] weights (the store only), or None
 
     def metric(self, name: str) -> np.ndarray:
         """``[n]`` values of metric ``name``, NaN where the sweep did not write it."""
@@ -233,10 +238,28 @@ def _load_zarr(path: Path, run_id: str) -> SweepData:
         def reader(i: int) -> np.ndarray:
             return np.asarray(vectors[int(rows[i])])
 
+    weights = None
+    if "weights" in names:
+        stored_weights = group["weights"]
+
+        def weights(i: int) -> np.ndarray:
+            return np.asarray(stored_weights[int(rows[i])])
+
     n_params = group.attrs.get("n_params")
     n_params = None if n_params is None else int(n_params)
+    classes = group.attrs.get("num_classes") or _manifest_classes(path.parent, run_id)
     return SweepData(run_id, "zarr", lam[rows], metrics, eigenvalues, int(n), n_params, extras, reader,
-                     **certificates)
+                     **certificates, num_classes=None if classes is None else int(classes), weight_reader=weights)
+
+
+def _manifest_classes(out: Path, run_id: str) -> int | None:
+    """The model's number of classes as the sweep's manifest records it (None: not recorded)."""
+    try:
+        manifest = results.read_manifest(out, run_id)
+    except UsageError:
+        return None
+    classes = ((manifest or {}).get("extra") or {}).get("model", {}).get("num_classes")
+    return None if classes is None else int(classes)
 
 
 def _parse_cell(text: str) -> float:
@@ -281,7 +304,8 @@ def _load_files(out: Path, run_id: str) -> SweepData:
         lams, metrics = model
     elif records := results.finished_lambdas(out, run_id):
         lams = np.array(list(records))
-        metrics = {m: np.array([float(r.get(m, math.nan)) for r in records.values()]) for m in METRICS}
+        metrics = {m: np.array([float(r.get(m, r.get("extra", {}).get(m, math.nan))) for r in records.values()])
+                   for m in METRICS}
     else:
         lams, metrics = np.array(sorted(on_disk)), {}
     order = np.argsort(lams, kind="stable")
@@ -320,11 +344,12 @@ def _load_files(out: Path, run_id: str) -> SweepData:
         return np.ascontiguousarray(vecs, dtype=np.float32)
 
     certificates = _read_certificates(out, run_id, labels, k)
-    extras = _read_bottom(out, run_id, labels)
+    extras = _read_flagged(out, run_id, labels, "Hessian-bottom-eigenvalues", "bottom")
+    extras.update(_read_flagged(out, run_id, labels, "GGN-eigenvalues", "ggn"))
     extras.update(_read_density(out, run_id, labels, lams))
     total = len(set(lams.tolist()) | set(on_disk))
     return SweepData(run_id, "csv", lams, metrics, eigenvalues, total, _num_params(out, run_id, labels), extras, reader,
-                     **certificates)
+                     **certificates, num_classes=_manifest_classes(out, run_id))
 
 
 def _num_params(out: Path, run_id: str, labels) -> int | None:
@@ -370,17 +395,18 @@ def _read_certificates(out: Path, run_id: str, labels: list[str], k: int) -> dic
     return arrays
 
 
-def _read_bottom(out: Path, run_id: str, labels: list[str]) -> dict[str, np.ndarray]:
-    """``Hessian-bottom-eigenvalues-ID-L2.csv`` (``--bottom-k``) as the store's bottom_* extras."""
-    tables = [_read_flagged_csv(out / f"Hessian-bottom-eigenvalues-{run_id}-{label}.csv") for label in labels]
+def _read_flagged(out: Path, run_id: str, labels: list[str], stem: str, prefix: str) -> dict[str, np.ndarray]:
+    """``{stem}-ID-L2.csv`` files (``eigenvalue,residual,converged``: ``--bottom-k``, ``--ggn``) as the store's
+    ``{prefix}_eigenvalues``, ``{prefix}_residuals`` and ``{prefix}_converged`` extras."""
+    tables = [_read_flagged_csv(out / f"{stem}-{run_id}-{label}.csv") for label in labels]
     m = max((len(t.get("eigenvalue", ())) for t in tables if t), default=0)
     if m == 0:
         return {}
-    extras = {name: np.full((len(labels), m), np.nan)
-              for name in ("bottom_eigenvalues", "bottom_residuals", "bottom_converged")}
+    columns = {f"{prefix}_eigenvalues": "eigenvalue", f"{prefix}_residuals": "residual",
+               f"{prefix}_converged": "converged"}
+    extras = {name: np.full((len(labels), m), np.nan) for name in columns}
     for i, t in enumerate(tables):
-        for name, col in (("bottom_eigenvalues", "eigenvalue"), ("bottom_residuals", "residual"),
-                          ("bottom_converged", "converged")):
+        for name, col in columns.items():
             if t and col in t:
                 extras[name][i, : t[col].size] = t[col]
     return extras

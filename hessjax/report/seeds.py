@@ -63,16 +63,20 @@ def plan_runs(out: str | Path, run_id: str | None) -> tuple[list[str | None], li
     """``(run ids to report, seed groups to report)`` for ``python -m hessjax.report OUT [--id ID]``.
 
     Without ``--id``: every run and every seed group when all the runs of ``OUT`` belong to seed groups
-    (else the only run; several unrelated runs are refused by :func:`load_sweep`). ``--id ID`` where ``ID``
+    (else the only run; several unrelated runs are refused by :func:`load_sweep`); the descending walk
+    ``ID-descending`` of ``--init follow`` is reported with its ``ID``, not counted as another run. ``--id ID`` where ``ID``
     is a seed group (and not itself a run): its seeds and the group. Any other ``--id``: that run only.
     """
     out = Path(out)
     if not out.is_dir():
         return [run_id], []
     ids = find_run_ids(out)
-    groups = seed_groups(ids)
+    # the descending walk of --init follow belongs to its ascending run: reported beside it
+    walks = {i for i in ids if i.endswith("-descending") and i[: -len("-descending")] in ids}
+    bases = [i for i in ids if i not in walks]
+    groups = seed_groups(bases)
     grouped = {rid for g in groups.values() for rid in g.values()}
-    if run_id is None and len(ids) > 1 and grouped == set(ids):
+    if run_id is None and len(ids) > 1 and (grouped == set(bases) or len(bases) == 1):
         return list(ids), list(groups)
     if run_id is not None and run_id in groups and run_id not in ids:
         return list(groups[run_id].values()), [run_id]

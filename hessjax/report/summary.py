@@ -20,9 +20,10 @@ from ..results import UsageError
 from .branches import DEFAULT_MIN_OVERLAP, UNIQUE_OVERLAP
 from .derived import DEFAULT_OUTLIER_FACTOR, Derived, branch_curves, branch_summary, compute_derived
 from .figures import make_figures
-from .load import SweepData, load_sweep
+from .load import SweepData, find_run_ids, load_sweep
 from .plotting import log_lambda_axis, save_figure
 from .text import csv_cell, short_number
+from .walks import DEFAULT_HYSTERESIS_THRESHOLD, WalkComparison, compare_walks, descending_partner, plot_walks
 
 FORMATS = ("png", "svg")
 
@@ -30,7 +31,8 @@ FORMATS = ("png", "svg")
 def _columns(data: SweepData, derived: Derived) -> dict[str, np.ndarray]:
     n, k = data.lambdas.size, data.k
     cols: dict[str, np.ndarray] = {"lambda": data.lambdas}
-    for m in ("train_loss", "test_loss", "test_accuracy", "grad_norm", "distance_to_anchor", "max_residual"):
+    for m in ("train_loss", "test_loss", "test_accuracy", "grad_norm", "distance_to_anchor", "max_residual",
+              "gradient_overlap", "displacement_overlap"):
         cols[m] = data.metric(m)
     mu = data.mu
     cols["lambda_1"] = data.eigenvalues[:, 0] if k else np.full(n, np.nan)
@@ -50,6 +52,13 @@ def _columns(data: SweepData, derived: Derived) -> dict[str, np.ndarray]:
     if "bottom_eigenvalues" in data.extras:
         cols["lambda_min"] = np.atleast_2d(data.extras["bottom_eigenvalues"])[:, 0]
         cols["mu_min"] = cols["lambda_min"] - 2 * data.lambdas
+        cols["lambda_c"] = data.metric("lambda_c")
+    if "ggn_eigenvalues" in data.extras:
+        g = np.atleast_2d(data.extras["ggn_eigenvalues"])
+        cols["ggn_1"] = g[:, 0]
+        cols["ggn_outliers"] = derived.ggn_outliers
+        for j in range(g.shape[1]):
+            cols[f"ggn_{j + 1}"] = g[:, j]
     for j in range(k):
         cols[f"eig_{j + 1}"] = data.eigenvalues[:, j]
     for j in range(k):
@@ -105,6 +114,20 @@ def _headline(data: SweepData, derived: Derived, branches: Mapping) -> list[tupl
     if "bottom_eigenvalues" in data.extras:
         rows.append(("θ_min (bottom-k)", at(np.atleast_2d(data.extras["bottom_eigenvalues"])[:, 0])))
         rows.append(("μ_min = θ_min − 2λ", at(np.atleast_2d(data.extras["bottom_eigenvalues"])[:, 0] - 2 * lam)))
+        lam_c = data.metric("lambda_c")
+        if np.isfinite(lam_c).any():
+            convex = np.isfinite(lam_c) & (lam >= lam_c)
+            rows.append(("λ_c = max(0, −μ_min/2)", at(lam_c)))
+            rows.append(("L_eff locally convex (λ ≥ λ_c)", f"at {int(convex.sum())} of {lam.size} λ" + (
+                f", from λ = {lam[convex][0]:.4g}" if convex.any() else "")))
+    if np.isfinite(data.metric("gradient_overlap")).any():
+        rows.append(("∇CE in the top-k eigenspace", at(data.metric("gradient_overlap"), "{:.3f}")))
+        rows.append(("θ − θ_ref in the top-k eigenspace", at(data.metric("displacement_overlap"), "{:.3g}")))
+    if "ggn_eigenvalues" in data.extras:
+        g = np.atleast_2d(data.extras["ggn_eigenvalues"])
+        rows.append(("g₁ (Gauss–Newton)", at(g[:, 0])))
+        rows.append(("outliers of G" + (f" (K = {data.num_classes} classes)" if data.num_classes else ""),
+                     at(derived.ggn_outliers, "{:.0f}")))
     return rows
 
 
@@ -136,12 +159,19 @@ class ReportResult:
 
 def render_report(out: str | Path, run_id: str | None = None, *, source: str = "auto",
                   outlier_factor: float = DEFAULT_OUTLIER_FACTOR, min_overlap: float = DEFAULT_MIN_OVERLAP,
-                  formats: Sequence[str] = FORMATS, keep_figures: bool = False) -> ReportResult:
-    """Read run ``run_id`` of ``out`` (:func:`load_sweep`) and write its report into ``out/report-ID/``."""
+                  formats: Sequence[str] = FORMATS, keep_figures: bool = False,
+                  hysteresis_threshold: float = DEFAULT_HYSTERESIS_THRESHOLD) -> ReportResult:
+    """Read run ``run_id`` of ``out`` (:func:`load_sweep`) and write its report into ``out/report-ID/``;
+    for the ascending walk of ``--init follow`` with its ``ID-descending`` beside it, the comparison of the
+    two walks too (:mod:`hessjax.report.walks`)."""
     check_settings(outlier_factor, min_overlap, formats)
     data = load_sweep(out, run_id, source=source)
+    partner = descending_partner(data.run_id, find_run_ids(out)) if Path(out).is_dir() else None
+    walks = None
+    if partner is not None:
+        walks = compare_walks(data, load_sweep(out, partner, source=source), hysteresis_threshold)
     return write_report(data, Path(out) / f"report-{data.run_id}", outlier_factor=outlier_factor,
-                        min_overlap=min_overlap, formats=formats, keep_figures=keep_figures)
+                        min_overlap=min_overlap, formats=formats, keep_figures=keep_figures, walks=walks)
 
 
 def check_settings(outlier_factor, min_overlap, formats) -> None:
@@ -156,8 +186,9 @@ def check_settings(outlier_factor, min_overlap, formats) -> None:
 
 def write_report(data: SweepData, directory: str | Path, *, outlier_factor: float = DEFAULT_OUTLIER_FACTOR,
                  min_overlap: float = DEFAULT_MIN_OVERLAP, formats: Sequence[str] = FORMATS,
-                 keep_figures: bool = False) -> ReportResult:
-    """Compute the derived quantities of ``data`` and write every report file into ``directory``.
+                 keep_figures: bool = False, walks: WalkComparison | None = None) -> ReportResult:
+    """Compute the derived quantities of ``data`` and write every report file into ``directory``
+    (with ``walks``, the comparison of the two walks of ``--init follow``: ``walks.csv``, ``walks.*``).
 
     Returns the files written, the content of ``derived.json`` and (``keep_figures=True``) the figures.
     """
@@ -173,6 +204,13 @@ def write_report(data: SweepData, directory: str | Path, *, outlier_factor: floa
                                       lambda tmp: tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")))
 
     figs, series = make_figures(data, derived)
+    if walks is not None:
+        figs["walks"], series["walks"] = plot_walks(walks, data.run_id)
+        wcols = walks.columns()
+        wlines = [",".join(wcols)] + [",".join(csv_cell(c[i]) for c in wcols.values())
+                                      for i in range(walks.lambdas.size)]
+        files.append(results.atomic_write(directory / "walks.csv",
+                                          lambda tmp: tmp.write_text("\n".join(wlines) + "\n", encoding="utf-8")))
     plots = {}
     for name, fig in figs.items():
         paths = save_figure(fig, directory, name, formats)
@@ -182,6 +220,8 @@ def write_report(data: SweepData, directory: str | Path, *, outlier_factor: floa
 
     branches = branch_curves(data, derived)
     headline = _headline(data, derived, branches)
+    if walks is not None:
+        headline += _walks_headline(walks)
     report = {
         "run_id": data.run_id,
         "source": data.source,
@@ -205,6 +245,12 @@ def write_report(data: SweepData, directory: str | Path, *, outlier_factor: floa
                               "starts, restarts or is new",
             "branch_j": "branch id of eigenvalue j (hessjax.report.branches: unique matches, near-degenerate "
                         "clusters and rotating subspaces continued; new after a discontinuity)",
+            "gradient_overlap": "‖V_kᵀ ∇CE‖² / ‖∇CE‖²: the share of the data gradient in the top-k eigenspace",
+            "displacement_overlap": "‖V_kᵀ (θ − θ_ref)‖² / ‖θ − θ_ref‖²: the share of the displacement there",
+            "lambda_c": "max(0, −μ_min/2) with μ_min the smallest data eigenvalue (--bottom-k): L_eff is "
+                        "locally convex at these weights exactly when λ ≥ λ_c",
+            "ggn_j": "the j-th eigenvalue of the Gauss–Newton part G = (1/N) Σ Jᵀ(diag p − ppᵀ)J of the data "
+                     "Hessian (--ggn); ggn_outliers counted as n_outliers",
         },
         "columns": cols,
         "max_overlap": derived.max_overlap,
@@ -223,6 +269,14 @@ def write_report(data: SweepData, directory: str | Path, *, outlier_factor: floa
     if not keep_figures:
         figs = {}
     return ReportResult(directory, files, report, figs)
+
+
+def _walks_headline(walks: WalkComparison) -> list[tuple[str, str]]:
+    lam = walks.lambdas[walks.differ]
+    where = (f", λ ∈ [{lam.min():.4g}, {lam.max():.4g}]" if lam.size else "")
+    kind = "‖θ_asc − θ_desc‖" if walks.exact else "its lower bound |Δ‖θ − θ_ref‖|"
+    return [("walks up / down (--init follow)", f"{walks.lambdas.size} common λ; they differ (relative branch "
+             f"distance > {walks.threshold:g}, {kind}) at {lam.size}{where}")]
 
 
 def _lambda_axis(lam: np.ndarray) -> str:
@@ -270,7 +324,11 @@ def _summary_markdown(data, headline, plots, outlier_factor, min_overlap, format
         "a local minimum without a swap while the vectors turn into each other by more than 45°. "
         "*Discontinuity*: ‖θ − θ_ref‖ jumped by more than ×2 beyond what a smooth penalty path allows "
         "(non-increasing, at most like 1/λ), or no eigenvector matches: nothing continues across it and "
-        f"the branches restart (not counted as new). λ axis: {axis}"
+        "the branches restart (not counted as new). *Top-k shares*: ‖V_kᵀu‖²/‖u‖² for the data gradient ∇CE and "
+        "the displacement θ − θ_ref. *λ_c* = max(0, −μ_min/2): L_eff is locally convex where λ ≥ λ_c. "
+        "*Gauss–Newton split* (`--ggn`): H = G + (H − G) with G = (1/N) Σ Jᵀ(diag p − ppᵀ)J positive "
+        "semi-definite and label-free; its outliers are expected near the number of classes K. "
+        f"λ axis: {axis}"
         + (" (λ > 0 span two decades or more; λ = 0 is drawn in the narrow panel at the left)"
            if axis.startswith("log") else "") + ". Per-λ values are in `derived.csv`/`derived.json`.",
         "",
@@ -281,7 +339,10 @@ def _summary_markdown(data, headline, plots, outlier_factor, min_overlap, format
         "outliers": "μ₁, outliers and gap (on μ)", "performance": "Loss and accuracy",
         "distance": "Distance to the anchor", "overlaps": "Eigenvector overlaps",
         "branches": "Eigenvalue branches (on μ)", "trace": "Hessian trace", "density": "Spectral density of μ",
-        "bottom": "Bottom eigenvalues (θ and μ)",
+        "bottom": "Bottom eigenvalues (θ and μ) and where L_eff is convex",
+        "subspace": "Gradient and displacement in the top-k eigenspace",
+        "ggn": "The Gauss–Newton split H = G + (H − G)",
+        "walks": "The two walks of --init follow (hysteresis)",
     }
     for name in plots:
         out += [f"## {titles.get(name, name)}", "", f"![{name}]({name}.{fmt})", ""]

@@ -56,6 +56,7 @@ from .paths import (
     density_path,
     eigenvalues_path,
     eigenvectors_path,
+    ggn_eigenvalues_path,
     gradients_path,
     manifest_path,
     model_csv_path,
@@ -81,6 +82,7 @@ from .tables import (
     write_density_csv,
     write_eigenvalues_csv,
     write_eigenvectors,
+    write_ggn_eigenvalues_csv,
     write_gradients_csv,
 )
 
@@ -104,6 +106,7 @@ __all__ = [
     "density_path",
     "eigenvalues_path",
     "eigenvectors_path",
+    "ggn_eigenvalues_path",
     "finished_lambdas",
     "gradients_path",
     "jsonable",
@@ -126,6 +129,7 @@ __all__ = [
     "write_density_csv",
     "write_eigenvalues_csv",
     "write_eigenvectors",
+    "write_ggn_eigenvalues_csv",
     "write_gradients_csv",
     "write_manifest",
     "write_model_csv",

@@ -8,6 +8,7 @@ from .grid import lambda_label
 
 __all__ = [
     "bottom_eigenvalues_path",
+    "ggn_eigenvalues_path",
     "certificates_path",
     "density_path",
     "eigenvalues_path",
@@ -50,6 +51,10 @@ def density_path(out, run_id: str, lam: float) -> Path:
 
 def bottom_eigenvalues_path(out, run_id: str, lam: float) -> Path:
     return _per_lambda(out, "Hessian-bottom-eigenvalues", run_id, lam)
+
+
+def ggn_eigenvalues_path(out, run_id: str, lam: float) -> Path:
+    return _per_lambda(out, "GGN-eigenvalues", run_id, lam)
 
 
 def pth_path(out, run_id: str, lam: float) -> Path:

@@ -42,8 +42,10 @@ MODEL_COLUMNS = (
     "seconds",
     "best_epoch",
 )
-#: Columns appended to ``Model-ID.csv`` when a record's ``extra`` has them (``--trace``, ``--bottom-k``).
-OPTIONAL_MODEL_COLUMNS = ("trace", "trace_stderr", "lambda_min", "lambda_min_residual")
+#: Columns appended to ``Model-ID.csv`` when a record's ``extra`` has them (the top-k overlaps of every
+#: sweep, ``--trace``, ``--bottom-k``, ``--ggn``, ``--init follow``).
+OPTIONAL_MODEL_COLUMNS = ("gradient_overlap", "displacement_overlap", "trace", "trace_stderr", "lambda_min",
+                          "lambda_min_residual", "lambda_c", "ggn_max", "init_from")
 _FLOAT_FIELDS = (
     "train_loss", "test_loss", "test_accuracy", "grad_norm", "distance_to_anchor", "max_residual", "seconds",
     "convergence_scale",
@@ -181,6 +183,10 @@ def finished_lambdas(out, run_id: str) -> dict[float, dict]:
 
 
 def _csv_cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
     if isinstance(value, (bool, np.bool_)):
         return "True" if value else "False"
     if isinstance(value, (int, np.integer)):

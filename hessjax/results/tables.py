@@ -15,7 +15,7 @@ from .atomic import atomic_path, atomic_write, write_text
 from .csvfloat import name_runs, write_float32_rows
 from .grid import UsageError
 from .paths import (bottom_eigenvalues_path, certificates_path, density_path, eigenvalues_path, eigenvectors_path,
-                    gradients_path)
+                    ggn_eigenvalues_path, gradients_path)
 
 __all__ = [
     "EIGVEC_FORMATS",
@@ -26,6 +26,7 @@ __all__ = [
     "write_density_csv",
     "write_eigenvalues_csv",
     "write_eigenvectors",
+    "write_ggn_eigenvalues_csv",
     "write_gradients_csv",
 ]
 
@@ -179,6 +180,16 @@ def write_bottom_eigenvalues_csv(out, run_id: str, lam: float, eigenvalues, resi
     values = np.stack([np.asarray(eigenvalues, np.float64), np.asarray(residuals, np.float64)], axis=1)
     text = _flagged_rows("eigenvalue,residual,converged", values, converged)
     return write_text(bottom_eigenvalues_path(out, run_id, lam), text)
+
+
+def write_ggn_eigenvalues_csv(out, run_id: str, lam: float, eigenvalues, residuals, converged) -> Path:
+    """``GGN-eigenvalues-ID-L2.csv``: header ``eigenvalue,residual,converged``, largest first: the top k of
+    the Gauss–Newton part G of the data Hessian (no penalty: G is the data term's), the true residual
+    ``‖Gv − gv‖`` and whether the pair met the solver's tolerance."""
+    values = np.stack([np.asarray(eigenvalues, np.float64), np.asarray(residuals, np.float64)], axis=1)
+    check_descending(values[:, 0])
+    return write_text(ggn_eigenvalues_path(out, run_id, lam), _flagged_rows("eigenvalue,residual,converged", values,
+                                                                            converged))
 
 
 def write_certificates_csv(out, run_id: str, lam: float, eigenvalues, data_eigenvalues, residuals, error_bounds,

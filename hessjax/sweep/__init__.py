@@ -67,18 +67,20 @@ def run(config: SweepConfig | None = None, **overrides) -> dict:
     from ..bridges import anchor as anchor_io
 
     names = np.asarray(anchor_io.parameter_names(inputs.anchor), dtype=object)  # one array: the writers cache its runs
-    for seed in inputs.seeds:
-        run_id = inputs.run_id(seed)
+    walks = tuple(plan.WALKS) if config.init == "follow" else ("ascending",)
+    for seed, walk in ((s, w) for s in inputs.seeds for w in walks):
+        run_id = inputs.run_id(seed, walk)
         finished = {} if config.overwrite else results.finished_lambdas(inputs.out, run_id)
         todo = [v for v in part if v not in finished]
         if config.dry_run:
             batches = [[s.lam for s in b if s is not None]
-                       for b in plan.sweep_batches(config, part, todo, global_batch, finished)]
+                       for b in plan.sweep_batches(config, part, todo, global_batch, finished,
+                                                   descending=walk == "descending")]
             plan.print_plan(config, inputs, run_id, todo, batches, devices, per_device)
             return {"out": str(inputs.out), "run_id": run_id, "finished": [], "skipped": sorted(finished),
                     "diverged": [], "store": str(results.store_path(inputs.out, run_id)), "dry_run": True}
         compute = compute or Compute(config, inputs, devices, per_device)
-        ctx = RunContext(config, inputs, run_id, seed, anchor_io, names, devices)
+        ctx = RunContext(config, inputs, run_id, seed, anchor_io, names, devices, walk)
         all_lams = sorted({float(v) for v in inputs.lams} | set(finished))
         summary = execute_run(ctx, compute, todo, all_lams, part)
         runs.append(summary | {"skipped": sorted(v for v in finished if v in set(part))})

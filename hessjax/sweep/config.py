@@ -64,6 +64,7 @@ class SweepConfig:
     density_probes: int = 10
     density_iters: int = 80
     bottom_k: int = 0
+    ggn: bool = False  # the top k of the Gauss–Newton part of the data Hessian too
     # scale
     lambda_batch: int | None = None
     member_products: bool = True  # a batch applies each member's Hessian only while that member extends
@@ -87,7 +88,7 @@ class SweepConfig:
         settings = {k: v for k, v in dataclasses.asdict(self).items() if k not in free}
         # the model and the data at their defaults are what every run before them had: left out, so that
         # those runs still resume
-        for key, default in (("model", "mlp"), ("activation", None), ("dataset", "mnist")):
+        for key, default in (("model", "mlp"), ("activation", None), ("dataset", "mnist"), ("ggn", False)):
             if settings[key] == default:
                 del settings[key]
         return settings
@@ -196,8 +197,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--patience", type=_positive_int, default=d.patience,
                    help="stop after this many epochs without an improvement of L_eff by more than --min-delta")
     g.add_argument("--min-delta", type=_nonneg_float, default=d.min_delta)
-    g.add_argument("--init", choices=("random", "anchor"), default=d.init,
-                   help="start every λ from one seeded fresh initialisation, or from the anchor itself")
+    g.add_argument("--init", choices=("random", "anchor", "follow"), default=d.init,
+                   help="start every λ from one seeded fresh initialisation, or from the anchor itself; follow: each "
+                        "λ from its predecessor's converged weights, walking the sorted grid up from the "
+                        "initialisation (run ID) and down from the anchor (run ID-descending), so the report can "
+                        "compare the two branches (hysteresis)")
     g = p.add_argument_group("data (the first N samples of each split in file order)")
     g.add_argument("--data-dir", default=None,
                    help="MNIST: directory of the four IDX files (default: $HESSJAX_DATA_DIR, else the copy shipped "
@@ -238,7 +242,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--density-probes", type=_positive_int, default=d.density_probes)
     g.add_argument("--density-iters", type=_positive_int, default=d.density_iters, help="Lanczos steps per probe")
     g.add_argument("--bottom-k", type=_nonneg_int, default=d.bottom_k,
-                   help="also the k smallest eigenvalues (where L_eff turns locally convex)")
+                   help="also the k smallest eigenvalues, and the convexity threshold λ_c = max(0, −μ_min/2) above "
+                        "which L_eff is locally convex")
+    g.add_argument("--ggn", action="store_true",
+                   help="also the top k of the generalized Gauss–Newton matrix Jᵀ H_CE J of the data loss (by jvp/vjp, "
+                        "never formed): the split H = G + (H − G), written to GGN-eigenvalues-ID-L2.csv")
     g = p.add_argument_group("scale")
     g.add_argument("--lambda-batch", type=_positive_int, default=None,
                    help="λ values per device in one compiled program (default: 1 on CPU, 8 on GPU/TPU)")

@@ -33,6 +33,7 @@ class RunContext:
     anchor_io: object  # hessjax.bridges.anchor
     names: np.ndarray  # [P] parameter names, PyTorch flat order
     devices: list
+    walk: str = "ascending"  # --init follow: which walk this run id is (the other is ID-descending)
 
     @property
     def out(self):
@@ -49,6 +50,8 @@ class RunContext:
             extra["dataset_sha256"] = self.inputs.data.sha256
         if self.inputs.model_sha256:  # the source of a user's model: changed code is another model
             extra["model_sha256"] = self.inputs.model_sha256
+        if self.config.init == "follow":
+            extra["walk"] = self.walk
         return self.config.fingerprint() | {"seed": self.seed, "anchor": str(self.inputs.anchor_path),
                                             "run_id": self.run_id} | extra
 
@@ -76,7 +79,8 @@ class Compute:
         spectrum = engine.SpectrumConfig(config.k, config.lanczos_iters, config.tol, config.max_restarts,
                                          config.trace_probes if config.trace else 0,
                                          config.density_probes if config.density else 0, config.density_iters,
-                                         config.bottom_k, config.multiplicity_check, config.member_products)
+                                         config.bottom_k, config.multiplicity_check, config.member_products,
+                                         config.ggn)
         self.programs = engine.Programs(engine.lambda_mesh(devices), train_cfg, spectrum,
                                         precision=_precision(config.precision), model=inputs.model)
         self.global_batch = per_device * len(devices)
@@ -93,15 +97,17 @@ class Compute:
         self.anchor_params = jax.tree_util.tree_map(lambda t: np.asarray(t, dtype), inputs.anchor.params)
         self.anchor_dev = rep(self.anchor_params)
         self._zeros = None  # [G, k, P] and [G] on the devices: "no warm vectors", made on first use
+        self._broadcast = None  # --init follow: the start broadcast to [G, ...], compiled on first use
         self._probe_keys = {}  # seed -> the replicated key of the trace and density probes
 
-    def start(self, seed: int):
-        """The replicated starting weights of every λ of seed ``seed``."""
+    def start(self, seed: int, walk: str = "ascending"):
+        """The replicated starting weights of every λ of seed ``seed`` (with ``--init follow``: of the first
+        λ of each member's walk, the seeded initialisation going up and the anchor going down)."""
         import jax
 
         from ..training import initial_params
 
-        if self.config.init == "anchor":
+        if self.config.init == "anchor" or (self.config.init == "follow" and walk == "descending"):
             return self.anchor_dev
         return self.programs.put_replicated(
             jax.tree_util.tree_map(np.asarray, initial_params(seed, self.inputs.model, self.dtype)))
@@ -114,7 +120,9 @@ class Compute:
         of the global batch, or fewer; empty members repeat a live one (their training runs with the
         batch, their Lanczos does not: they take the eigenpairs of the member they repeat, and their
         results are not written). ``previous`` is the batch before's
-        ``(eigenvectors, healthy)`` on the devices, ``store`` the run's store (for ``"store"`` slots).
+        ``(eigenvectors, healthy, best weights)`` on the devices, ``store`` the run's store (for
+        ``"store"`` slots). Also returns, with ``--init follow``, which members started from their
+        predecessor's weights (``[G]`` bool on the devices; ``None`` otherwise).
         """
         slots = list(slots) + [None] * (self.global_batch - len(slots))
         live = [i for i, s in enumerate(slots) if s is not None]
@@ -123,29 +131,57 @@ class Compute:
         p = self.programs
         lam_arr = p.put_split(np.asarray([s.lam for s in padded], self.dtype))
         keys = p.put_split(engine.lambda_keys(seed, [s.lam for s in padded]))
-        states = engine.train_batch(p, start, self.anchor_dev, lam_arr, self.x, self.y, self.train, seed,
-                                    self.config.max_epochs, on_epoch)
-        source = np.asarray([{"cold": 0, "previous": 1, "store": 2}[s.source] for s in padded], np.int32)
-        if previous is None and np.any(source == 1):
+        codes = {"cold": 0, "init": 0, "previous": 1, "store": 2}
+        source = np.asarray([codes[s.source] for s in padded], np.int32)
+        start_source = np.asarray([codes[s.start] for s in padded], np.int32)
+        if previous is None and (np.any(source == 1) or np.any(start_source == 1)):
             raise RuntimeError("a batch continues from the batch before, but there is none")
-        warm_previous, previous_ok = previous if previous is not None else self._no_previous()
+        warm_previous, previous_ok, previous_params = previous if previous is not None else self._no_previous(start)
+        states0 = followed = None
+        if self.config.init == "follow":
+            stored = self._stored_weights([s.start_from if s.start == "store" else None for s in padded], store)
+            states0, followed = p.init_follow(start, previous_params, stored, p.put_split(start_source), previous_ok,
+                                              self.anchor_dev, lam_arr, self.train)
+        states = engine.train_batch(p, start, self.anchor_dev, lam_arr, self.x, self.y, self.train, seed,
+                                    self.config.max_epochs, on_epoch, states=states0)
         warm_stored = self._stored([s.neighbour if s.source == "store" else None for s in padded], store)
         analysis = p.analyze(states.best_params, self.anchor_dev, lam_arr, keys, self.train, self.test, self.hess,
                              self._probe_key(seed), warm_previous, warm_stored,
                              p.put_split(source), previous_ok, p.put_split(np.asarray(fill, np.int32)))
-        return states, analysis
+        return states, analysis, followed
 
     def _probe_key(self, seed: int):
         if seed not in self._probe_keys:
             self._probe_keys[seed] = self.programs.put_replicated(engine.probe_key(seed))
         return self._probe_keys[seed]
 
-    def _no_previous(self):
+    def _no_previous(self, start=None):
+        """``(eigenvectors [G, k, P], healthy [G], weights)`` of "no batch before": zeros on the devices
+        (weights: ``start`` for every member, used only by ``--init follow``)."""
+        import jax
+
         if self._zeros is None:
             k, n_params, g = self.config.k, self.inputs.anchor.num_params, self.global_batch
             self._zeros = (self.programs.put_split(np.zeros((g, k, n_params), self.dtype)),
                            self.programs.put_split(np.zeros((g,), bool)))
-        return self._zeros
+        weights = None
+        if self.config.init == "follow":  # start broadcast to every member, on the devices
+            if self._broadcast is None:
+                import jax.numpy as jnp
+
+                g = self.global_batch
+                self._broadcast = jax.jit(lambda t: jax.tree_util.tree_map(
+                    lambda a: jnp.broadcast_to(a, (g, *a.shape)), t), out_shardings=self.programs.split)
+            weights = self._broadcast(start)
+        return (*self._zeros, weights)
+
+    def _stored_weights(self, neighbours, store):
+        """``[G, P]`` on the devices: each ``"store"`` member's predecessor's weights, zeros elsewhere."""
+        rows = np.zeros((len(neighbours), self.inputs.anchor.num_params), self.dtype)
+        for i, v in enumerate(neighbours):
+            if v is not None:
+                rows[i] = store.row("weights", v)
+        return self.programs.put_split(rows)
 
     def _stored(self, neighbours, store):
         """``[G, k, P]`` on the devices: each ``"store"`` member's neighbour's eigenvectors, zeros elsewhere."""
@@ -218,7 +254,8 @@ def open_run(ctx, all_lams) -> "results.SweepStore":
             _write_manifest(ctx)
             results.SweepStore.create(
                 results.store_path(out, run_id), all_lams, n_params=anchor.num_params, k=config.k,
-                attrs={"run_id": run_id, "seed": ctx.seed, "parameter_keys": [k for pair in anchor.keys for k in pair]},
+                attrs={"run_id": run_id, "seed": ctx.seed, "parameter_keys": [k for pair in anchor.keys for k in pair],
+                       "num_classes": int(ctx.inputs.model.num_classes), "model": ctx.inputs.model.name},
                 extras=store_extras(config))
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
@@ -227,7 +264,7 @@ def open_run(ctx, all_lams) -> "results.SweepStore":
     return results.SweepStore(results.store_path(out, run_id))
 
 
-def _write_job(ctx, store, slots, states, analysis, t0, report, progress):
+def _write_job(ctx, store, slots, states, analysis, t0, report, progress, followed=None):
     """The writer's job for one batch: fetch the rows this process holds, write each λ, rebuild the
     run's tables under its lock, and note the batch in ``report``."""
     live = [(i, s) for i, s in enumerate(slots) if s is not None]
@@ -241,11 +278,14 @@ def _write_job(ctx, store, slots, states, analysis, t0, report, progress):
         t_start = max(t0, report.get("last_done") or t0)
         report["last_done"] = t_done
         rows_s = engine.local_rows(states._replace(params=(), opt_state=(), best_params=()))
+        rows_f = engine.local_rows(followed) if followed is not None else {}
         seconds = (t_done - t_start) / len(live)
         for i, slot in live:
             if i not in rows_a:
                 continue  # another process holds this λ and writes it
-            rec = write_lambda(ctx, store, slot.lam, rows_a[i], rows_s[i], seconds, slot.neighbour)
+            init_from = slot.start_from if (followed is not None and bool(rows_f[i])) else None
+            rec = write_lambda(ctx, store, slot.lam, rows_a[i], rows_s[i], seconds, slot.neighbour,
+                               init_from=init_from, follow=followed is not None)
             report["finished"].append(slot.lam)
             if rec["diverged"]:
                 report["diverged"].append(slot.lam)
@@ -279,19 +319,20 @@ def _run_batches(ctx, compute, store, batches, writer, progress, report, start) 
                 running = int((~engine.gather(states.stopped)[live]).sum())
                 progress.epoch(b, epoch, float(np.nanmean(loss)), running)
 
-        states, analysis = compute.batch(slots, ctx.seed, start, previous, store, on_epoch)
-        previous = (analysis.eig.eigenvectors, compute.programs.healthy(states, analysis))
+        states, analysis, followed = compute.batch(slots, ctx.seed, start, previous, store, on_epoch)
+        previous = (analysis.eig.eigenvectors, compute.programs.healthy(states, analysis), states.best_params)
         for leaf in _leaves(analysis):  # start the device-to-host copies now
             leaf.copy_to_host_async()
-        blocked = writer.submit(_write_job(ctx, store, slots, states, analysis, t0, report, progress))
+        blocked = writer.submit(_write_job(ctx, store, slots, states, analysis, t0, report, progress, followed))
         report["blocked"].append({"lambdas": [s.lam for s in slots if s is not None], "blocked_s": blocked,
                                   "wall_s": time.perf_counter() - t0})
 
 
 def schedule(ctx, compute, todo, part=None):
-    """The batches of ``todo``: continuation along segments of ``part`` (or ``--cold-start``)."""
+    """The batches of ``todo``: continuation along segments of ``part`` (or ``--cold-start``); with
+    ``--init follow`` one walk per member, downwards for the descending run."""
     return plan.sweep_batches(ctx.config, part if part is not None else todo, todo, compute.global_batch,
-                              results.finished_lambdas(ctx.out, ctx.run_id))
+                              results.finished_lambdas(ctx.out, ctx.run_id), descending=ctx.walk == "descending")
 
 
 def _leaves(tree):
@@ -351,7 +392,7 @@ def execute_run(ctx, compute, todo: list[float], all_lams, part: list[float] | N
     progress = _Progress(len(todo), ctx.config.quiet)
     report = {"finished": [], "diverged": [], "batches": [], "blocked": []}
     writer = BatchWriter(overlap=ctx.config.overlap_writes)
-    start = compute.start(ctx.seed)
+    start = compute.start(ctx.seed, ctx.walk)
     try:
         _run_batches(ctx, compute, store, schedule(ctx, compute, todo, part), writer, progress, report, start)
         refined = _refine(ctx, compute, store, writer, progress, report, start) if ctx.config.refine else []

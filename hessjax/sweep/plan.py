@@ -18,8 +18,14 @@ from ..mnist import DataError
 from ..models import BUILTIN_MODELS, ModelError, get_activation, is_user_model, resolve_model
 from ..results import UsageError
 
-__all__ = ["Inputs", "Slot", "cold_batches", "default_lambda_batch", "load_inputs", "parse_seeds", "parse_shard",
-           "print_plan", "segments", "shard_part", "sweep_batches", "walk_segments"]
+#: --init: one seeded initialisation for every λ, the anchor for every λ, or each λ from its predecessor's
+#: converged weights (an ascending walk from the initialisation and a descending one from the anchor).
+INITS = ("random", "anchor", "follow")
+#: The walks of --init follow, and the suffix of each one's run id.
+WALKS = {"ascending": "", "descending": "-descending"}
+
+__all__ = ["INITS", "WALKS", "Inputs", "Slot", "cold_batches", "default_lambda_batch", "load_inputs", "parse_seeds",
+           "parse_shard", "print_plan", "segments", "shard_part", "sweep_batches", "walk_segments"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,9 +45,11 @@ class Inputs:
     base_id: str
     shard: tuple[int, int] | None  # (I, N): this worker's part of the grid, or None for all of it
 
-    def run_id(self, seed: int) -> str:
-        """``ID`` for a single ``--seed``, ``ID-seedS`` for each of ``--seeds``."""
-        return f"{self.base_id}-seed{seed}" if self.several_seeds else self.base_id
+    def run_id(self, seed: int, walk: str = "ascending") -> str:
+        """``ID`` for a single ``--seed``, ``ID-seedS`` for each of ``--seeds``; ``-descending`` appended for
+        the descending walk of ``--init follow``."""
+        base = f"{self.base_id}-seed{seed}" if self.several_seeds else self.base_id
+        return base + WALKS[walk]
 
 
 def parse_seeds(spec: str | None, seed: int) -> tuple[tuple[int, ...], bool]:
@@ -102,6 +110,8 @@ class Slot(NamedTuple):
     lam: float
     source: str  # "cold" (λ's random vector), "previous" (this member's result in the batch before), "store"
     neighbour: float | None  # the λ whose eigenvectors start this one's Lanczos (None: cold)
+    start: str = "init"  # --init follow: "previous", "store" (the predecessor's weights) or "init" (the walk's start)
+    start_from: float | None = None  # the λ whose converged weights start this one's training (None: the start)
 
 
 def segments(part: list[float], length: int) -> list[list[float]]:
@@ -110,7 +120,7 @@ def segments(part: list[float], length: int) -> list[list[float]]:
 
 
 def walk_segments(part: list[float], todo, size: int, usable, length: int,
-                  cold: bool = False) -> list[list[Slot | None]]:
+                  cold: bool = False, follow: bool = False) -> list[list[Slot | None]]:
     """The batches of a sweep with continuation across λ.
 
     ``part`` (this worker's λ) is cut into segments of ``length`` consecutive λ (:func:`segments`),
@@ -126,7 +136,9 @@ def walk_segments(part: list[float], todo, size: int, usable, length: int,
     finished before — so a resumed sweep with the same batch size starts every λ from the same vectors
     as an uninterrupted one (the store holds them in float32, and the device copy is rounded alike).
     A resume with another batch size or device count is still certified, but not bitwise the same.
-    ``None`` marks a member with nothing left to do in that batch.
+    ``None`` marks a member with nothing left to do in that batch. ``part`` is walked in the order
+    given (descending for a descending walk). With ``follow`` (``--init follow``) the same predecessor
+    also starts each λ's training, whatever ``cold`` says of its eigensolve (``Slot.start``).
     """
     runs = segments(part, max(1, min(length, -(-len(part) // size))))
     wanted = set(todo)
@@ -140,23 +152,33 @@ def walk_segments(part: list[float], todo, size: int, usable, length: int,
                 batch.append(None)
                 continue
             lam, neighbour = q[t], before.get(q[t])
-            if cold or neighbour is None:
-                batch.append(Slot(lam, "cold", None))
+            if neighbour is None:
+                where = "init"
             elif t > 0 and q[t - 1] == neighbour:
-                batch.append(Slot(lam, "previous", neighbour))
+                where = "previous"
             elif neighbour in usable:
-                batch.append(Slot(lam, "store", neighbour))
+                where = "store"
             else:  # the neighbour diverged, or is not finished (lost with a killed worker)
-                batch.append(Slot(lam, "cold", None))
+                where = "init"
+            start = (where, neighbour if where != "init" else None) if follow else ("init", None)
+            if cold or where == "init":
+                batch.append(Slot(lam, "cold", None, *start))
+            else:
+                batch.append(Slot(lam, where, neighbour, *start))
         batches.append(batch)
     return batches
 
 
-def sweep_batches(config, part: list[float], todo, size: int, records) -> list[list[Slot | None]]:
+def sweep_batches(config, part: list[float], todo, size: int, records,
+                  descending: bool = False) -> list[list[Slot | None]]:
     """:func:`walk_segments` with the sweep's settings: ``records`` are the run's finished λ (their
-    non-diverged ones may start a neighbour), ``--segment-length`` and ``--cold-start``."""
+    non-diverged ones may start a neighbour), ``--segment-length`` and ``--cold-start``. With
+    ``--init follow`` every member walks one unbroken run of the (ascending, or ``descending``) part."""
     usable = {lam for lam, rec in records.items() if not rec.get("diverged")}
-    return walk_segments(sorted(part), todo, size, usable, config.segment_length, cold=config.cold_start)
+    follow = config.init == "follow"
+    length = max(1, len(part)) if follow else config.segment_length
+    return walk_segments(sorted(part, reverse=descending), todo, size, usable, length, cold=config.cold_start,
+                         follow=follow)
 
 
 def cold_batches(lams: list[float], size: int) -> list[list[Slot]]:
@@ -176,8 +198,8 @@ def load_inputs(config, jax) -> Inputs:
     lams = results.parse_lambdas(config.lambdas)
     if config.eigenvectors not in results.EIGVEC_FORMATS:
         raise UsageError(f"--eigenvectors must be csv, npy or none, got {config.eigenvectors!r}")
-    if config.init not in ("random", "anchor"):
-        raise UsageError(f"--init must be random or anchor, got {config.init!r}")
+    if config.init not in INITS:
+        raise UsageError(f"--init must be random, anchor or follow, got {config.init!r}")
     seeds, many = parse_seeds(config.seeds, config.seed)
     shard = parse_shard(config.shard)
     if shard is not None and config.distributed:
@@ -189,7 +211,7 @@ def load_inputs(config, jax) -> Inputs:
     if config.tfds_dir and config.data_dir:
         raise UsageError("give either --data-dir (IDX files) or --tfds-dir (a prepared tfds directory)")
     data = load_dataset(config.dataset, data_dir=config.data_dir, tfds_dir=config.tfds_dir,
-                        train_samples=config.train_samples, test_samples=config.test_samples)
+                        train_samples=config.train_samples, test_samples=config.test_samples, dtype=config.dtype)
     anchor_path = _anchor_path(config)
     model, anchor = _model_and_anchor(config, anchor_path, data, jax)
     data = fit_to_model(data, model.input_shape, model.num_classes, model.name)

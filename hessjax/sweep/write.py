@@ -33,7 +33,7 @@ class WriteError(RuntimeError):
 
 def store_extras(config) -> dict:
     """The optional store arrays of this configuration (see :meth:`hessjax.results.SweepStore.create`)."""
-    extras = {}
+    extras = {"gradient_overlap": ("float64", (), ()), "displacement_overlap": ("float64", (), ())}
     if config.trace:
         extras |= {"trace": ("float64", (), ()), "trace_stderr": ("float64", (), ())}
     if config.density:
@@ -43,7 +43,12 @@ def store_extras(config) -> dict:
     if config.bottom_k:
         extras |= {"bottom_eigenvalues": ("float64", (config.bottom_k,), ("bottom",)),
                    "bottom_residuals": ("float64", (config.bottom_k,), ("bottom",)),
-                   "bottom_converged": ("bool", (config.bottom_k,), ("bottom",))}
+                   "bottom_converged": ("bool", (config.bottom_k,), ("bottom",)),
+                   "lambda_c": ("float64", (), ())}
+    if getattr(config, "ggn", False):
+        extras |= {"ggn_eigenvalues": ("float64", (config.k,), ("ggn",)),
+                   "ggn_residuals": ("float64", (config.k,), ("ggn",)),
+                   "ggn_converged": ("bool", (config.k,), ("ggn",))}
     return extras
 
 
@@ -51,7 +56,9 @@ def _extra_results(ex, lam: float, n_params: int) -> tuple[dict, dict]:
     """(record ``extra`` entries, store ``extras`` arrays) of one λ's :class:`hessjax.engine.Extras`.
 
     The engine computes them on the data Hessian; the ``L_eff`` values written here add the penalty's
-    ``2λI`` in float64: ``2λP`` to the trace, ``2λ`` to every SLQ node and bottom eigenvalue.
+    ``2λI`` in float64: ``2λP`` to the trace, ``2λ`` to every SLQ node and bottom eigenvalue. The
+    convexity threshold ``λ_c = max(0, −μ_min/2)`` is the λ above which ``L_eff`` is locally convex at
+    these weights (``θ_min = μ_min + 2λ ≥ 0``); the Gauss–Newton eigenvalues are the data term's (no shift).
     """
     record, arrays = {}, {}
     if ex.trace is not None:
@@ -66,29 +73,41 @@ def _extra_results(ex, lam: float, n_params: int) -> tuple[dict, dict]:
                    "bottom_eigenvalues": theta.tolist(),
                    "bottom_residuals": [float(v) for v in ex.bottom.residuals],
                    "bottom_converged": [bool(v) for v in ex.bottom.converged]}
+        lambda_c = max(0.0, -float(ex.bottom.eigenvalues[0]) / 2.0)
+        record["lambda_c"] = lambda_c
         arrays |= {"bottom_eigenvalues": theta, "bottom_residuals": ex.bottom.residuals,
-                   "bottom_converged": ex.bottom.converged}
+                   "bottom_converged": ex.bottom.converged, "lambda_c": lambda_c}
+    if ex.ggn is not None:
+        g = np.asarray(ex.ggn.eigenvalues, np.float64)
+        record |= {"ggn_max": float(g[0]), "ggn_eigenvalues": g.tolist(),
+                   "ggn_residuals": [float(v) for v in ex.ggn.residuals],
+                   "ggn_converged": [bool(v) for v in ex.ggn.converged]}
+        arrays |= {"ggn_eigenvalues": g, "ggn_residuals": ex.ggn.residuals, "ggn_converged": ex.ggn.converged}
     return record, arrays
 
 
 def _write_extra_files(out, run_id, lam, ex) -> None:
-    """``Hessian-density-ID-L2.csv`` and ``Hessian-bottom-eigenvalues-ID-L2.csv``, where asked for
-    (``L_eff`` values: ``2λ`` added in float64)."""
+    """``Hessian-density-ID-L2.csv``, ``Hessian-bottom-eigenvalues-ID-L2.csv`` (``L_eff`` values: ``2λ``
+    added in float64) and ``GGN-eigenvalues-ID-L2.csv``, where asked for."""
     if ex.slq is not None:
         results.write_density_csv(out, run_id, lam, shifted(ex.slq.nodes, lam), ex.slq.weights)
     if ex.bottom is not None:
         results.write_bottom_eigenvalues_csv(out, run_id, lam, shifted(ex.bottom.eigenvalues, lam),
                                              ex.bottom.residuals, ex.bottom.converged)
+    if ex.ggn is not None:
+        results.write_ggn_eigenvalues_csv(out, run_id, lam, ex.ggn.eigenvalues, ex.ggn.residuals, ex.ggn.converged)
 
 
-def write_lambda(ctx, store, lam: float, a, s, seconds: float, neighbour=None) -> dict:
+def write_lambda(ctx, store, lam: float, a, s, seconds: float, neighbour=None, *, init_from=None,
+                 follow: bool = False) -> dict:
     """Every file of one λ, then the store row, then its record (last: its presence means finished).
 
     ``a`` is the λ's :class:`hessjax.engine.Analysis` and ``s`` its training state, as numpy rows
     (``a.eig.batch_matvecs``: the products its device's batch executed); ``neighbour`` the λ
     whose eigenvectors started its Lanczos (recorded as ``warm_from`` when the warm start was kept,
-    i.e. did not fall back to a cold start). A diverged λ gets a
-    record (and a ``Model`` row) but no weights, gradient or eigen files.
+    i.e. did not fall back to a cold start). With ``--init follow`` (``follow``) the record's
+    ``init_from`` is the label of the λ whose converged weights started its training (``None``: the
+    walk's start). A diverged λ gets a record (and a ``Model`` row) but no weights, gradient or eigen files.
     """
     import jax
 
@@ -100,6 +119,8 @@ def write_lambda(ctx, store, lam: float, a, s, seconds: float, neighbour=None) -
     bounds = error_bounds(eig.eigenvalues, eig.residuals, OPERATOR_ROUNDING * eps * float(eig.scale))
     nan = float("nan")
     extra_record, extra_arrays = _extra_results(a.extras, lam, anchor.num_params)
+    overlaps = {"gradient_overlap": float(a.gradient_overlap), "displacement_overlap": float(a.displacement_overlap)}
+    extra_record, extra_arrays = overlaps | extra_record, overlaps | extra_arrays
     record = results.make_record(
         lam,
         train_loss=nan if diverged else a.train_loss,
@@ -121,6 +142,7 @@ def write_lambda(ctx, store, lam: float, a, s, seconds: float, neighbour=None) -
         extra={"best_epoch": int(s.best_epoch), "lanczos_matvecs": int(eig.num_matvecs),
                "batch_matvecs": int(eig.batch_matvecs), "lanczos_restarts": int(eig.num_restarts),
                "warm_from": neighbour if bool(eig.warm) else None,
+               **({"init_from": None if init_from is None else results.lambda_label(init_from)} if follow else {}),
                "seed": int(ctx.seed), **(extra_record if not diverged else {})},
     )
     if diverged:
