@@ -149,9 +149,14 @@ def run(anchor_path, out, *, run_id=None, seed=0, lambdas="0", lr=0.0015, batch_
         diverged = diverged or not np.isfinite(train_loss) or not np.all(np.isfinite(weights))
         nan = float("nan")
         eig = None
+        overlaps = {}
         if not diverged:
             op = TorchHVP(model, anchor_tensors, lam, x[:n_hess], y[:n_hess])
             eig = top_k_eigsh(op.numpy_matvec, weights.shape[0], k, tol=tol)
+            data_grad = grad_torch(model, anchor_tensors, 0.0, x, y).numpy().astype(np.float64)  # ∇ mean CE
+            displacement = weights.astype(np.float64) - np.concatenate([a.numpy().ravel() for a in anchor_tensors])
+            overlaps = {"gradient_overlap": _share(eig.eigenvectors, data_grad),
+                        "displacement_overlap": _share(eig.eigenvectors, displacement)}
         record = results.make_record(
             lam, train_loss=nan if diverged else train_loss, test_loss=nan if diverged else test_loss,
             test_accuracy=nan if diverged else test_acc, epochs=fit.epochs, best_epoch=fit.best_epoch, converged=fit.converged,
@@ -160,7 +165,7 @@ def run(anchor_path, out, *, run_id=None, seed=0, lambdas="0", lr=0.0015, batch_
             eigenvalues=() if eig is None else eig.eigenvalues, residuals=() if eig is None else eig.residuals,
             eig_converged=() if eig is None else np.ones(k, bool),
             extra={"best_epoch": fit.best_epoch, "pipeline": "torch", "eigsh_matvecs": 0 if eig is None
-                   else eig.num_matvecs})
+                   else eig.num_matvecs, **overlaps})
         if not diverged:
             save_state_dict(results.pth_path(out, run_id, lam), jax_params_from_torch(model), anchor)
             results.write_gradients_csv(out, run_id, lam, names, grad)
@@ -173,6 +178,13 @@ def run(anchor_path, out, *, run_id=None, seed=0, lambdas="0", lr=0.0015, batch_
             state = "diverged" if diverged else f"train loss {train_loss:.6g}, test acc {test_acc:.4f}"
             print(f"λ={lam:g}: epochs {fit.epochs}, {state}, {record['seconds']:.1f} s", file=sys.stderr, flush=True)
     return records
+
+
+def _share(vectors: np.ndarray, u: np.ndarray) -> float:
+    """``‖Vᵀu‖² / ‖u‖²`` for orthonormal rows ``vectors``: the share of ``u`` in their span (NaN for u = 0)."""
+    norm2 = float(u @ u)
+    c = vectors.astype(np.float64) @ u
+    return float(c @ c / norm2) if norm2 > 0 else float("nan")
 
 
 def _check_settings(*, lr, batch_size, max_epochs, patience, min_delta, init, k, tol, dtype) -> None:

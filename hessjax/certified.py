@@ -23,6 +23,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from .bounds import OPERATOR_ROUNDING, error_bounds, shifted
+from .ggn import flat_ggn_matvec
 from .hvp import Chunks, chunk_data, flat_hessian_matvec
 from .lanczos import DEFAULT_MAX_RESTARTS, top_k_eigenpairs
 from .linearized import hessian_operator
@@ -84,7 +85,7 @@ def _chunks(data, dtype, chunk_size: int, input_shape=None) -> Chunks:
 
 def spectrum(model, params, data, k: int = 10, *, lam: float = 0.0, tol: float = 1e-5, num_iters: int | None = None,
              max_restarts: int = DEFAULT_MAX_RESTARTS, seed: int = 0, chunk_size: int = 10_000,
-             precision=DEFAULT_PRECISION, multiplicity_check: bool = True) -> Spectrum:
+             precision=DEFAULT_PRECISION, multiplicity_check: bool = True, operator: str = "hessian") -> Spectrum:
     """The top ``k`` eigenpairs of the data Hessian ``∇²(mean CE)`` of ``model`` at ``params`` over ``data``.
 
     Args:
@@ -101,17 +102,28 @@ def spectrum(model, params, data, k: int = 10, *, lam: float = 0.0, tol: float =
       num_iters, max_restarts, multiplicity_check: as :func:`hessjax.top_k_eigenpairs`.
       seed: of the start vector and the random restarts.
       precision: of every matmul and convolution.
+      operator: ``"hessian"`` (the data Hessian) or ``"ggn"`` (its Gauss–Newton part
+        ``(1/N) Σ Jᵀ(diag p − ppᵀ)J``, :mod:`hessjax.ggn`; ``loss_eigenvalues`` are then ``g + 2λ``, the
+        Gauss–Newton matrix of ``L_eff``).
 
     The products are the R-operator for a hessjax MLP (:mod:`hessjax.linearized`) and
     forward-over-reverse (``jax.jvp`` of ``jax.grad``) otherwise. One compiled program per call.
     """
+    if operator not in ("hessian", "ggn"):
+        raise ValueError(f"operator={operator!r} must be 'hessian' or 'ggn'")
     apply, hj_model = _forward(model, params)
     flat, unravel = ravel_pytree(params)
     n_params = flat.shape[0]
     if not 1 <= int(k) < n_params:
         raise ValueError(f"k={k} must be in [1, P={n_params})")
     chunks = _chunks(data, flat.dtype, chunk_size, None if hj_model is None else hj_model.input_shape)
-    if hj_model is not None:
+    if operator == "ggn":
+        def linearize(p, c, precision):
+            return p
+
+        def matvec(v, p, lam_, c, precision):
+            return flat_ggn_matvec(v, p, c, precision=precision, apply=apply)
+    elif hj_model is not None:
         op = hessian_operator(hj_model)
         linearize, matvec = op.linearize, op.matvec
     else:

@@ -136,3 +136,27 @@ def test_compare_walks_marks_where_the_branches_part():
     assert descending_partner("a-descending", ["a", "a-descending"]) is None
     with pytest.raises(ValueError, match="threshold"):
         compare_walks(up, down, threshold=0)
+
+
+def test_workers_each_walk_their_own_part(follow_run, tmp_path):
+    """``--shard`` with ``--init follow``: each worker's part is its own walk (its first λ from the walk's
+    start), both walks of both workers land in one output."""
+    from hessjax.sweep import run
+
+    root, settings = follow_run
+    out = tmp_path / "out"
+    for shard in ("0/2", "1/2"):
+        run(out=str(out), shard=shard, **settings)
+    init_from = {}
+    for run_id in ("anchor", "anchor-descending"):
+        for label in ("0", "0.1", "0.3"):
+            init_from[run_id, label] = json.loads((out / "records" / f"{run_id}-{label}.json").read_text())[
+                "extra"]["init_from"]
+    # worker 0 holds λ = 0 only, worker 1 λ = 0.1 and 0.3
+    assert init_from["anchor", "0"] is None and init_from["anchor", "0.1"] is None and init_from["anchor", "0.3"] == "0.1"
+    assert init_from["anchor-descending", "0.3"] is None and init_from["anchor-descending", "0.1"] == "0.3"
+    assert init_from["anchor-descending", "0"] is None
+    # worker 1's ascending walk is the one-process walk's from λ = 0.1 on only if it starts alike: it starts at
+    # the initialisation instead of at λ = 0's weights, so its weights differ from the uninterrupted walk's
+    assert not np.array_equal(_weights(out, "anchor")[0.1], _weights(root / "out", "anchor")[0.1])
+    np.testing.assert_array_equal(_weights(out, "anchor")[0.0], _weights(root / "out", "anchor")[0.0])

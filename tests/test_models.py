@@ -308,3 +308,24 @@ def test_spectrum_takes_a_plain_function_and_a_pytree():
     assert set(s.unravel(s.eigenvectors[0])) == {"w", "b"}
     with pytest.raises(ValueError, match=r"k=15 must be in \[1, P=15\)"):
         hessjax.spectrum(apply, params, (x, y), k=15)
+    # the Gauss–Newton part: (1/N) Σ Jᵀ(diag p − ppᵀ)J from the dense Jacobian
+    jac = np.asarray(jax.jacfwd(lambda f: apply(unravel(f), x))(flat))
+    p = np.asarray(jax.nn.softmax(apply(params, x)))
+    h = np.einsum("nk,kl->nkl", p, np.eye(3)) - p[:, :, None] * p[:, None, :]
+    g_ref = np.sort(np.linalg.eigvalsh(np.einsum("nkp,nkl,nlq->pq", jac, h, jac) / 50))[::-1][:3]
+    g = hessjax.spectrum(apply, params, (x, y), k=3, operator="ggn")
+    assert g.converged.all() and np.max(np.abs(g.eigenvalues - g_ref)) <= 1e-6 * g_ref[0]
+
+
+def test_conv2d_is_lax_convolution():
+    """LeNet's im2col convolution equals XLA's cross-correlation (torch's Conv2d), in float64."""
+    from hessjax.models.lenet import conv2d
+
+    k1, k2, k3 = jax.random.split(jax.random.PRNGKey(12), 3)
+    x = jax.random.normal(k1, (3, 4, 11, 9), jnp.float64)
+    w = jax.random.normal(k2, (5, 4, 3, 2), jnp.float64)
+    b = jax.random.normal(k3, (5,), jnp.float64)
+    ref = jax.lax.conv_general_dilated(x, w, (1, 1), "VALID", dimension_numbers=("NCHW", "OIHW", "NCHW")) + \
+        b[None, :, None, None]
+    np.testing.assert_allclose(conv2d(x, w, b), ref, rtol=1e-13, atol=1e-13)
+    assert conv2d(x, w, b).shape == (3, 5, 9, 8)
