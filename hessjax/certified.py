@@ -84,7 +84,7 @@ def _chunks(data, dtype, chunk_size: int, input_shape=None) -> Chunks:
 
 
 def spectrum(model, params, data, k: int = 10, *, lam: float = 0.0, tol: float = 1e-5, num_iters: int | None = None,
-             max_restarts: int = DEFAULT_MAX_RESTARTS, seed: int = 0, chunk_size: int = 10_000,
+             max_restarts: int = DEFAULT_MAX_RESTARTS, seed: int = 0, chunk_size: int | None = None,
              precision=DEFAULT_PRECISION, multiplicity_check: bool = True, operator: str = "hessian") -> Spectrum:
     """The top ``k`` eigenpairs of the data Hessian ``∇²(mean CE)`` of ``model`` at ``params`` over ``data``.
 
@@ -95,7 +95,8 @@ def spectrum(model, params, data, k: int = 10, *, lam: float = 0.0, tol: float =
       params: the point, a pytree; its dtype is the working dtype (float64 needs ``jax_enable_x64``).
       data: ``(x, y)`` with ``x`` ``[N, ...]`` and integer labels ``y`` ``[N]``, a
         :class:`hessjax.datasets.Dataset` (its training split) or :class:`hessjax.Chunks`; the mean is
-        over all ``N``, computed in chunks of ``chunk_size`` samples.
+        over all ``N``, computed in chunks of ``chunk_size`` samples (default 10,000 for a hessjax MLP, 1,000
+        otherwise: float32 convolution sums lose accuracy over larger chunks).
       k: eigenpairs wanted, ``1 ≤ k < P``.
       lam: λ of the anchor penalty, for ``loss_eigenvalues = μ + 2λ`` only (it changes no eigenvector).
       tol: every pair converged has ``‖Hv − μv‖ ≤ tol · max(|μ₁|, |μ_min|)``.
@@ -116,6 +117,8 @@ def spectrum(model, params, data, k: int = 10, *, lam: float = 0.0, tol: float =
     n_params = flat.shape[0]
     if not 1 <= int(k) < n_params:
         raise ValueError(f"k={k} must be in [1, P={n_params})")
+    if chunk_size is None:
+        chunk_size = 10_000 if hj_model is not None and hj_model.mlp is not None else 1_000
     chunks = _chunks(data, flat.dtype, chunk_size, None if hj_model is None else hj_model.input_shape)
     if operator == "ggn":
         def linearize(p, c, precision):

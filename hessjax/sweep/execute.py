@@ -88,12 +88,12 @@ class Compute:
         rep = self.programs.put_replicated
         x_train = np.asarray(data.x_train, dtype)
         self.x, self.y = rep(x_train), rep(data.y_train)
-        self.train = rep(chunk_data(x_train, data.y_train, config.chunk_size))
-        self.test = rep(chunk_data(np.asarray(data.x_test, dtype), data.y_test, config.chunk_size))
+        self.train = rep(chunk_data(x_train, data.y_train, config.resolved_chunk_size))
+        self.test = rep(chunk_data(np.asarray(data.x_test, dtype), data.y_test, config.resolved_chunk_size))
         # the Hessian's samples are the first n_hess training samples: all of them by default, then the
         # training chunks on the devices serve both
         self.hess = self.train if n_hess == x_train.shape[0] else rep(
-            chunk_data(x_train[:n_hess], data.y_train[:n_hess], config.chunk_size))
+            chunk_data(x_train[:n_hess], data.y_train[:n_hess], config.resolved_chunk_size))
         self.anchor_params = jax.tree_util.tree_map(lambda t: np.asarray(t, dtype), inputs.anchor.params)
         self.anchor_dev = rep(self.anchor_params)
         self._zeros = None  # [G, k, P] and [G] on the devices: "no warm vectors", made on first use
