@@ -20,6 +20,13 @@ def _dense_ggn(model, params, x):
     return np.einsum("nkp,nkl,nlq->pq", jac, h, jac) / x.shape[0]
 
 
+def _products(model):
+    """G·v and H·v of ``model``, jitted as the sweep runs them (eager scans dispatch op by op)."""
+    ggn = jax.jit(lambda v, p, c: flat_ggn_matvec(v, p, c, apply=model.apply))
+    hess = jax.jit(lambda v, p, c: flat_hessian_matvec(v, p, None, 0.0, c, apply=model.apply))
+    return ggn, hess
+
+
 def _problem(model, n, seed=0):
     k1, k2, k3, k4 = jax.random.split(jax.random.PRNGKey(seed), 4)
     params = model.init(k1, jnp.float64)
@@ -33,16 +40,16 @@ def test_ggn_products_equal_the_dense_matrix_and_have_its_structure():
     model = mlp((5, 4, 3), "tanh")  # P = 24 + 15 = 39
     params, x, y, v = _problem(model, 7)
     G = _dense_ggn(model, params, x)
-    got = flat_ggn_matvec(v, params, chunk_data(x, y, 3), apply=model.apply)
+    ggn, hess = _products(model)
+    got = ggn(v, params, chunk_data(x, y, 3))
     np.testing.assert_allclose(got, G @ np.asarray(v), rtol=1e-12, atol=1e-14)
     evals = np.linalg.eigvalsh(G)
     assert np.allclose(G, G.T, atol=1e-15) and evals.min() > -1e-14 * evals.max()
     assert np.sum(evals > 1e-12 * evals.max()) <= 7 * (3 - 1)  # rank ≤ N(K − 1)
     # labels do not enter G; they do enter H
     y2 = (y + 1) % 3
-    np.testing.assert_array_equal(got, flat_ggn_matvec(v, params, chunk_data(x, y2, 3), apply=model.apply))
-    assert not np.allclose(flat_hessian_matvec(v, params, None, 0.0, chunk_data(x, y, 3), apply=model.apply),
-                           flat_hessian_matvec(v, params, None, 0.0, chunk_data(x, y2, 3), apply=model.apply))
+    np.testing.assert_array_equal(got, ggn(v, params, chunk_data(x, y2, 3)))
+    assert not np.allclose(hess(v, params, chunk_data(x, y, 3)), hess(v, params, chunk_data(x, y2, 3)))
 
 
 def test_ggn_is_the_hessian_of_a_model_linear_in_its_parameters():
@@ -51,9 +58,8 @@ def test_ggn_is_the_hessian_of_a_model_linear_in_its_parameters():
                        shapes=(((4, 6), (4,)),))
     params, x, y, v = _problem(model, 20, seed=3)
     chunks = chunk_data(x, y, 8)
-    np.testing.assert_allclose(flat_ggn_matvec(v, params, chunks, apply=model.apply),
-                               flat_hessian_matvec(v, params, None, 0.0, chunks, apply=model.apply), rtol=1e-12,
-                               atol=1e-15)
+    ggn, hess = _products(model)
+    np.testing.assert_allclose(ggn(v, params, chunks), hess(v, params, chunks), rtol=1e-12, atol=1e-15)
 
 
 def test_ggn_top_k_equals_torch_jvp_vjp_in_float64():

@@ -109,13 +109,16 @@ def test_chunked_dataset_functions_equal_unchunked(problem, chunk_size):
     lam = 0.2
     chunks = hessjax.chunk_data(x, y, chunk_size)
     f = lambda p: hessjax.effective_loss(p, anchor, lam, x, y)
-    np.testing.assert_allclose(hessjax.dataset_loss(params, anchor, lam, chunks), f(params), rtol=TOL64)
-    np.testing.assert_allclose(dataset_cross_entropy(params, chunks), hessjax.cross_entropy(params, x, y), rtol=TOL64)
+    # the chunked functions jitted, as the sweep runs them; the references unchunked
+    loss, ce, grad, matvec = (jax.jit(fn) for fn in (hessjax.dataset_loss, dataset_cross_entropy,
+                                                      hessjax.dataset_grad, hessjax.flat_hessian_matvec))
+    np.testing.assert_allclose(loss(params, anchor, lam, chunks), f(params), rtol=TOL64)
+    np.testing.assert_allclose(ce(params, chunks), hessjax.cross_entropy(params, x, y), rtol=TOL64)
     g_ref = np.asarray(ravel_pytree(jax.grad(f)(params))[0])
-    g = np.asarray(ravel_pytree(hessjax.dataset_grad(params, anchor, lam, chunks))[0])
+    g = np.asarray(ravel_pytree(grad(params, anchor, lam, chunks))[0])
     assert np.linalg.norm(g - g_ref) <= TOL64 * np.linalg.norm(g_ref)
     hv_ref = dense_hessian(f, params) @ ravel_pytree(v)[0]
-    hv = hessjax.flat_hessian_matvec(ravel_pytree(v)[0], params, anchor, lam, chunks)
+    hv = matvec(ravel_pytree(v)[0], params, anchor, lam, chunks)
     assert np.linalg.norm(hv - hv_ref) <= TOL64 * np.linalg.norm(hv_ref)
 
 
@@ -133,8 +136,9 @@ def test_hvp_vmaps_over_lambda_like_a_loop(problem):
     lams = jnp.array([0.0, 0.01, 0.5])
     batched = jax.jit(jax.vmap(hessjax.flat_hessian_matvec, in_axes=(None, None, None, 0, None)))(
         flat_v, params, anchor, lams, chunks)
+    single = jax.jit(hessjax.flat_hessian_matvec)
     for i, lam in enumerate(lams):
-        np.testing.assert_allclose(batched[i], hessjax.flat_hessian_matvec(flat_v, params, anchor, lam, chunks), rtol=1e-13)
+        np.testing.assert_allclose(batched[i], single(flat_v, params, anchor, lam, chunks), rtol=1e-13)
 
 
 def test_flax_module_equals_pure_functions(problem):
@@ -170,8 +174,9 @@ def test_linearized_hvp_equals_dense_hessian(sizes, chunk_size):
     x = jax.random.uniform(k3, (23, sizes[0]), jnp.float64)
     y = jax.random.randint(k4, (23,), 0, sizes[-1])
     chunks = hessjax.chunk_data(x, y, chunk_size)
-    lin = linearize_hessian(params, chunks)
+    lin = jax.jit(linearize_hessian)(params, chunks)
     H = dense_hessian(lambda p: hessjax.effective_loss(p, anchor, 0.07, x, y), params)
+    matvec = jax.jit(linearized_flat_hessian_matvec)
     for v in jax.random.normal(k5, (3, H.shape[0]), jnp.float64):
-        got = linearized_flat_hessian_matvec(v, lin, 0.07, chunks)
+        got = matvec(v, lin, 0.07, chunks)
         assert np.linalg.norm(got - H @ v) <= TOL64 * np.linalg.norm(H @ v)

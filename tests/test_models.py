@@ -33,6 +33,16 @@ def _problem(model, n=29, seed=0):
     return params, x, y, v
 
 
+def _generic(v, params, lam, chunks, model):
+    """:func:`flat_hessian_matvec` of ``model``, jitted as the sweep runs it (eager scans are slow)."""
+    return jax.jit(lambda v, p, c: flat_hessian_matvec(v, p, None, lam, c, apply=model.apply))(v, params, chunks)
+
+
+def _operator(op, v, params, chunks):
+    """``op.matvec`` at λ = 0 after ``op.linearize``, jitted."""
+    return jax.jit(lambda v, p, c: op.matvec(v, op.linearize(p, c, HIGHEST), 0.0, c, HIGHEST))(v, params, chunks)
+
+
 def _dense(model, params, x, y):
     flat, unravel = ravel_pytree(params)
     return np.asarray(jax.jit(jax.hessian(lambda f: cross_entropy(unravel(f), x, y, apply=model.apply)))(flat))
@@ -83,9 +93,9 @@ def test_mlp_r_operator_equals_the_dense_hessian_for_every_activation(name):
     chunks = chunk_data(x, y, 10)  # 2 full chunks and a remainder of 9
     op = hessian_operator(model)
     assert op.kind == "r-operator"
-    got = op.matvec(v, op.linearize(params, chunks, HIGHEST), 0.0, chunks, HIGHEST)
+    got = _operator(op, v, params, chunks)
     np.testing.assert_allclose(got, H @ np.asarray(v), rtol=0, atol=20 * EPS64 * np.abs(H).max() * math.sqrt(H.shape[0]))
-    generic = flat_hessian_matvec(v, params, None, 0.0, chunks, apply=model.apply)
+    generic = _generic(v, params, 0.0, chunks, model)
     np.testing.assert_allclose(generic, H @ np.asarray(v), rtol=0, atol=20 * EPS64 * np.abs(H).max() * math.sqrt(H.shape[0]))
 
 
@@ -147,7 +157,7 @@ def test_cnn_hessian_products_and_top_k_equal_the_dense_hessian():
     chunks = chunk_data(x, y, 16)
     op = hessian_operator(model)
     assert op.kind == "forward-over-reverse"
-    got = op.matvec(v, op.linearize(params, chunks, HIGHEST), 0.0, chunks, HIGHEST)
+    got = _operator(op, v, params, chunks)
     np.testing.assert_allclose(got, H @ np.asarray(v), rtol=0, atol=50 * EPS64 * np.abs(H).max())
     s = hessjax.spectrum(model, params, (x, y), k=6, chunk_size=16)
     ref = np.sort(np.linalg.eigvalsh(H))[::-1][:6]
@@ -199,7 +209,7 @@ def test_lenet_hvp_equals_torch_double_backward(lenet_problem):
     model, params, x, y, v, module = lenet_problem
     anchor = torch_params_from_jax(params)
     ref = hvp_torch(module, anchor, 0.05, np.asarray(x), np.asarray(y), np.asarray(v)).numpy()
-    got = flat_hessian_matvec(v, params, params, 0.05, chunk_data(x, y, 10), apply=model.apply)
+    got = _generic(v, params, 0.05, chunk_data(x, y, 10), model)
     np.testing.assert_allclose(got, ref, rtol=0, atol=1e-12 * np.abs(ref).max())
 
 
@@ -239,7 +249,7 @@ def test_from_flax_keeps_torch_layout_and_order():
 
     ref = hvp_torch(module, [p.detach() for p in module.parameters()], 0.0, np.asarray(x), np.asarray(y),
                     np.asarray(v)).numpy()
-    got = flat_hessian_matvec(v, params, None, 0.0, chunk_data(x, y, 4), apply=model.apply)
+    got = _generic(v, params, 0.0, chunk_data(x, y, 4), model)
     np.testing.assert_allclose(got, ref, rtol=0, atol=1e-12 * np.abs(ref).max())
 
 

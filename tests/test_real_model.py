@@ -9,13 +9,22 @@ from jax.flatten_util import ravel_pytree
 
 import hessjax
 from hessjax.bridges import load_anchor
-from hessjax.hvp import dataset_grad, dataset_hvp
-from hessjax.linearized import linearize_hessian, linearized_flat_hessian_matvec
+from hessjax.hvp import dataset_grad as _dataset_grad, dataset_hvp as _dataset_hvp
+from hessjax.hvp import flat_hessian_matvec as _flat_hessian_matvec
+from hessjax.linearized import linearize_hessian as _linearize_hessian
+from hessjax.linearized import linearized_flat_hessian_matvec as _linearized_matvec
 
 from conftest import REPO
 
 N_HESS = 3000
 EPS32 = float(np.finfo(np.float32).eps)
+# the products and gradients as the sweep runs them: jitted (outside jit every scan step's small ops dispatch
+# one by one)
+flat_hessian_matvec = jax.jit(_flat_hessian_matvec)
+dataset_grad = jax.jit(_dataset_grad)
+dataset_hvp = jax.jit(_dataset_hvp)
+linearize_hessian = jax.jit(_linearize_hessian)
+linearized_flat_hessian_matvec = jax.jit(_linearized_matvec)
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +63,8 @@ def test_top30_meet_the_default_tolerance(setup):
     chunks64 = hessjax.chunk_data(jnp.asarray(x, jnp.float64), y, 1024)
     for i in (0, 9, 29):
         v = res.eigenvectors[i]
-        hv32 = np.asarray(hessjax.flat_hessian_matvec(v, params, anchor, jnp.float32(0.01), chunks), np.float64)
-        hv64 = np.asarray(hessjax.flat_hessian_matvec(jnp.asarray(v, jnp.float64), f64(params), f64(anchor), 0.01,
+        hv32 = np.asarray(flat_hessian_matvec(v, params, anchor, jnp.float32(0.01), chunks), np.float64)
+        hv64 = np.asarray(flat_hessian_matvec(jnp.asarray(v, jnp.float64), f64(params), f64(anchor), 0.01,
                                                       chunks64))
         v64 = np.asarray(v, np.float64)
         true = np.linalg.norm(hv64 - vals[i] * v64)
@@ -125,14 +134,14 @@ def test_float32_products_keep_their_accuracy_on_confident_samples(setup):
     flat, _ = ravel_pytree(params)
     v0 = jax.random.normal(jax.random.PRNGKey(3), flat.shape, jnp.float64)
     lin64 = linearize_hessian(params64, chunks64)
-    top = hessjax.top_k_eigenpairs(linearized_flat_hessian_matvec, v0, 1, 24, params=(lin64, 0.0, chunks64),
-                                   tol=1e-10)
+    top = jax.jit(lambda v0, lin, c: hessjax.top_k_eigenpairs(_linearized_matvec, v0, 1, 24,
+                                                             params=(lin, 0.0, c), tol=1e-10))(v0, lin64, chunks64)
     v1, lam1 = top.eigenvectors[0], float(top.eigenvalues[0])
     exact = np.asarray(linearized_flat_hessian_matvec(v1, lin64, 0.0, chunks64))
     v32 = jnp.asarray(v1, jnp.float32)
     lin32 = linearize_hessian(params, chunks)
     rop = np.asarray(linearized_flat_hessian_matvec(v32, lin32, 0.0, chunks), np.float64)
-    fwdrev = np.asarray(hessjax.flat_hessian_matvec(v32, params, params, 0.0, chunks), np.float64)
+    fwdrev = np.asarray(flat_hessian_matvec(v32, params, params, 0.0, chunks), np.float64)
     errors = [np.linalg.norm(hv - exact) / lam1 for hv in (rop, fwdrev)]
     grad = np.asarray(ravel_pytree(dataset_grad(params, params, 0.0, chunks))[0], np.float64)
     grad64 = np.asarray(ravel_pytree(dataset_grad(params64, params64, 0.0, chunks64))[0])
