@@ -58,13 +58,13 @@ def _run(problem, lams, programs=None):
 
 
 @pytest.fixture(scope="module")
-def batch(problem):
-    """The batch of all three members, run once for the tests below."""
+def three_members(problem):
+    """The batch of all three members (states, analysis), run once for the tests below."""
     return _run(problem, LAMS)
 
 
-def test_a_batch_gives_each_member_what_it_gets_alone(problem, batch):
-    states, batch = batch
+def test_a_batch_gives_each_member_what_it_gets_alone(problem, three_members):
+    states, batch = three_members
     assert list(states.diverged) == [False, False, True]
     assert len(set(int(e) for e in states.epoch[:2])) == 2  # the members stop at different epochs
     restarts = [int(r) for r in batch.eig.num_restarts[:2]]
@@ -83,9 +83,9 @@ def test_a_batch_gives_each_member_what_it_gets_alone(problem, batch):
         np.testing.assert_allclose(a1.extras.trace.samples[0], batch.extras.trace.samples[i], rtol=1e-11)
 
 
-def test_the_spectrum_is_the_data_hessians_against_a_dense_reference(problem, batch):
+def test_the_spectrum_is_the_data_hessians_against_a_dense_reference(problem, three_members):
     """``analyze`` solves the unshifted data Hessian ∇²(mean CE): the penalty's 2λI is the writer's."""
-    states, batch = batch
+    states, batch = three_members
     x, y, anchor = problem["raw"]
     for i, lam in enumerate(LAMS[:2]):
         params = jax.tree_util.tree_map(lambda a: a[i], states.best_params)
@@ -116,19 +116,20 @@ def test_the_spectrum_is_the_data_hessians_against_a_dense_reference(problem, ba
             np.testing.assert_allclose(got, np.sum((vecs.T @ u) ** 2) / (u @ u), rtol=1e-7)
 
 
-def test_programs_compile_once_per_batch_shape(problem, batch):
+def test_programs_compile_once_per_batch_shape(problem, three_members):
+    # three_members compiled the programs for a batch of 3; other λ of the same shape reuse them
     before = problem["programs"].compilations()
     _run(problem, [0.05, 0.15, 0.25])
     assert problem["programs"].compilations() == before
 
 
-def test_member_products_and_lockstep_give_the_same_results(problem, batch):
+def test_member_products_and_lockstep_give_the_same_results(problem, three_members):
     """By default a member's Hessian is applied only while it extends (the batch executes the sum of
     its members' products); ``member_products=False`` applies the whole batch's at every step until
     its slowest member is done. Same algorithm, same numbers; only what the batch executed differs."""
     base = problem["programs"]
     lockstep = engine.Programs(base.mesh, base.train_config, base.spectrum._replace(member_products=False))
-    _, member = batch
+    _, member = three_members
     _, locked = _run(problem, LAMS, lockstep)
     own = [int(n) for n in member.eig.num_matvecs]
     assert [int(n) for n in locked.eig.num_matvecs] == own and own[0] != own[1]
