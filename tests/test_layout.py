@@ -162,3 +162,28 @@ def test_modules_stay_small(name):
 def test_the_layers_are_all_there():
     layers = {_layer(n) for n in MODULES}
     assert {"numerics", "numpy", "data", "results", "sweep", "bridges", "anchors"} <= layers
+
+
+def test_the_package_exports_load_lazily_and_match_their_modules():
+    """``import hessjax`` loads no JAX; each public name is its submodule's own object; the ``TYPE_CHECKING``
+    imports that static analysers read name exactly the lazy ones; ``hessjax.hvp`` stays the function
+    after the submodule of the same name is imported."""
+    import importlib
+    import subprocess
+    import sys
+
+    code = ("import sys, hessjax; cold = 'jax' in sys.modules; import hessjax.hvp; "
+            "print(cold, callable(hessjax.hvp), hessjax.hvp.__module__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert out.stdout.split() == ["False", "True", "hessjax.hvp"], out.stderr
+    import hessjax
+
+    for name, module in hessjax._LAZY.items():
+        assert getattr(hessjax, name) is getattr(importlib.import_module(f"hessjax.{module}"), name), name
+    assert hessjax.models is importlib.import_module("hessjax.models")
+    tree = ast.parse((PACKAGE / "__init__.py").read_text())
+    typed = {alias.name: node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level == 1
+             for alias in node.names}
+    assert typed == {**hessjax._LAZY, "models": None}
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        hessjax.nope  # noqa: B018
