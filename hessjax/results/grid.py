@@ -109,5 +109,5 @@ def lambda_label(lam: float) -> str:
 def check_run_id(run_id: str) -> str:
     """Return ``run_id`` if it is usable in file names (letters, digits, ``_.+-``; not starting with ``.``/``-``)."""
     if not isinstance(run_id, str) or not _RUN_ID_RE.fullmatch(run_id):
-        raise UsageError(f"--run-id {run_id!r}: use letters, digits and _ . + - (not first: . or -)")
+        raise UsageError(f"--id {run_id!r}: use letters, digits and _ . + - (not first: . or -)")
     return run_id

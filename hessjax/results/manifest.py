@@ -159,7 +159,7 @@ def check_config(
     if previous.get("schema_version") != SCHEMA_VERSION:
         raise UsageError(
             f"run {run_id!r} in {str(out)!r} was written by schema {previous.get('schema_version')} of hessjax's "
-            f"results, this is schema {SCHEMA_VERSION}; use another --out or --run-id, or --overwrite to discard it"
+            f"results, this is schema {SCHEMA_VERSION}; use another --out or --id, or --overwrite to discard it"
         )
     diffs = _diff_keys(previous.get("config", {}), _normalise(config, ignore))
     old_sha = previous.get("anchor_sha256")
@@ -169,7 +169,7 @@ def check_config(
         shown = ", ".join(diffs[:10]) + (f" and {len(diffs) - 10} more" if len(diffs) > 10 else "")
         raise UsageError(
             f"run {run_id!r} in {str(out)!r} was made with a different configuration (differs: {shown}); "
-            "use another --run-id, or --overwrite to discard its results"
+            "use another --id, or --overwrite to discard its results"
         )
     return previous
 

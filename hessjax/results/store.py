@@ -103,7 +103,7 @@ class SweepStore:
             if (store.n_params, store.k) != (int(n_params), int(k)):
                 raise UsageError(
                     f"{path} holds P={store.n_params}, k={store.k}, not P={n_params}, k={k}; "
-                    "use another --run-id or --overwrite"
+                    "use another --id or --overwrite"
                 )
             store._add_extras(extras or {})
             store.ensure_lambdas(lambdas, _force_consolidate=bool(extras))
