@@ -129,3 +129,36 @@ def test_a_float64_sweep_resumed_from_the_store_equals_an_uninterrupted_one(tmp_
         assert b["extra"]["warm_from"] == a["extra"]["warm_from"] is not None
         assert a["data_eigenvalues"] == b["data_eigenvalues"] and a["residuals"] == b["residuals"], label
         assert a["extra"]["lanczos_matvecs"] == b["extra"]["lanczos_matvecs"]
+
+
+def test_bad_input_is_refused_before_jax_or_torch_loads(tmp_path):
+    """What needs no anchor and no data is checked first: one ``error:`` line, exit 2, nothing created,
+    and neither JAX nor torch imported (the refusal takes a fraction of a second)."""
+    import subprocess
+    import sys
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    out = tmp_path / "out"
+    cases = [(["--lambdas", "0:0.1:0"], "NUM"), (["--lambdas", "0.1,0.1"], "duplicate"),
+             (["--anchor", str(tmp_path / "none.pth")], "none.pth: no such file"),
+             (["--anchor", str(tmp_path)], "is a directory"),
+             (["--data-dir", str(tmp_path / "nodata")], "nodata"), (["--tfds-dir", str(tmp_path / "t")], "tfds"),
+             (["--dataset", f"npz:{tmp_path / 'x.npz'}"], "x.npz: no such file"),
+             (["--shard", "2/2"], "0 <= I < N"), (["--shard", "0/2", "--distributed"], "one or the other"),
+             (["--process-id", "1"], "need --distributed"), (["--seeds", "1,1"], "distinct"),
+             (["--id", "a/b"], "--id"),
+             (["--out", str(blocker / "sub")], "is not a directory")]
+    code = ("import json, sys\nfrom hessjax.sweep import main\nresults = []\n"
+            "for args in json.loads(sys.argv[1]):\n    results.append(main(['--out', sys.argv[2], *args]))\n"
+            "print(json.dumps([results, [m for m in ('jax', 'torch') if m in sys.modules]]))")
+    import json
+
+    proc = subprocess.run([sys.executable, "-c", code, json.dumps([a for a, _ in cases]), str(out)],
+                          capture_output=True, text=True, timeout=120)
+    codes, loaded = json.loads(proc.stdout)
+    lines = proc.stderr.splitlines()
+    assert codes == [2] * len(cases) and loaded == [] and len(lines) == len(cases), proc.stderr
+    for line, (args, message) in zip(lines, cases):
+        assert line.startswith("error:") and message in line, (args, line)
+    assert not out.exists()

@@ -26,8 +26,8 @@ from typing import Sequence
 import numpy as np
 
 from ..anchors import default_anchor_path
+from .checks import check_settings
 from .config import DEFAULT_LAMBDAS, SweepConfig, build_parser
-from .execute import unconverged_pairs, unconverged_warning
 
 __all__ = ["DEFAULT_LAMBDAS", "SweepConfig", "build_parser", "default_anchor_path", "main", "run",
            "unconverged_pairs", "unconverged_warning"]
@@ -45,11 +45,12 @@ def run(config: SweepConfig | None = None, **overrides) -> dict:
     :class:`hessjax.bridges.AnchorError` before any work on bad input.
     """
     config = dataclasses.replace(config or SweepConfig(), **overrides)
+    check_settings(config)  # before JAX and torch load: bad input is refused at once
     import jax
 
     from .. import results
     from . import plan
-    from .execute import Compute, RunContext, execute_run
+    from .execute import Compute, RunContext, execute_run, unconverged_warning
 
     _enable_compilation_cache(jax)
     if config.dtype == "float64":
@@ -91,17 +92,21 @@ def run(config: SweepConfig | None = None, **overrides) -> dict:
     return {"out": str(inputs.out), **first, "compilations": compute.programs.compilations(), "runs": runs}
 
 
+def __getattr__(name: str):
+    if name in ("unconverged_pairs", "unconverged_warning"):  # with the compiled programs, which need JAX
+        from . import execute
+
+        return getattr(execute, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def _initialize_distributed(jax, config) -> None:
     """With ``--distributed``: ``jax.distributed.initialize`` with the explicit coordinator, process
     count and index where given (else JAX detects them from the cluster); CPU devices then use gloo
     collectives, so a multi-process run also works on CPU-only hosts."""
-    from ..results import UsageError
-
     given = {"coordinator_address": config.coordinator, "num_processes": config.num_processes,
              "process_id": config.process_id}
-    if not config.distributed:
-        if any(v is not None for v in given.values()):
-            raise UsageError("--coordinator, --num-processes and --process-id need --distributed")
+    if not config.distributed:  # check_settings refused the explicit ones without --distributed
         return
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(**{k: v for k, v in given.items() if v is not None})
@@ -128,9 +133,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     kept), 130 on Ctrl-C (finished λ are kept; rerun to resume)."""
     args = build_parser().parse_args(argv)
     config = SweepConfig(**vars(args))
-    from ..bridges.anchor import AnchorError
     from ..mnist import DataError
     from ..results import UsageError
+
+    try:
+        check_settings(config)  # in a fraction of a second, before the imports below load JAX and torch
+    except (UsageError, DataError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    from ..bridges.anchor import AnchorError
     from .write import WriteError
 
     try:

@@ -6,8 +6,6 @@ import argparse
 import dataclasses
 import math
 
-from ..lanczos import DEFAULT_MAX_RESTARTS
-
 __all__ = ["DEFAULT_LAMBDAS", "SweepConfig", "build_parser"]
 
 DEFAULT_LAMBDAS = "0:0.1:501"
@@ -51,7 +49,7 @@ class SweepConfig:
     k: int = 30
     lanczos_iters: int | None = None
     tol: float = 1e-5
-    max_restarts: int = DEFAULT_MAX_RESTARTS
+    max_restarts: int = 30  # hessjax.lanczos.DEFAULT_MAX_RESTARTS (not imported: the command line loads without JAX)
     multiplicity_check: bool = True
     cold_start: bool = False  # every λ's Lanczos from its own random vector (no continuation)
     segment_length: int = 16  # λ per continuation segment; each segment's first λ starts cold

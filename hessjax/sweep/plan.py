@@ -4,8 +4,6 @@ this worker's part of the grid, the λ batches, and the ``--dry-run`` plan."""
 from __future__ import annotations
 
 import dataclasses
-import os
-import re
 from pathlib import Path
 from typing import NamedTuple
 
@@ -17,10 +15,8 @@ from ..datasets import fit_to_model, load_dataset
 from ..mnist import DataError
 from ..models import BUILTIN_MODELS, ModelError, get_activation, is_user_model, resolve_model
 from ..results import UsageError
+from .checks import INITS, check_settings, parse_seeds, parse_shard
 
-#: --init: one seeded initialisation for every λ, the anchor for every λ, or each λ from its predecessor's
-#: converged weights (an ascending walk from the initialisation and a descending one from the anchor).
-INITS = ("random", "anchor", "follow")
 #: The walks of --init follow, and the suffix of each one's run id.
 WALKS = {"ascending": "", "descending": "-descending"}
 
@@ -50,47 +46,6 @@ class Inputs:
         the descending walk of ``--init follow``."""
         base = f"{self.base_id}-seed{seed}" if self.several_seeds else self.base_id
         return base + WALKS[walk]
-
-
-def parse_seeds(spec: str | None, seed: int) -> tuple[tuple[int, ...], bool]:
-    """``--seeds`` (a comma list, or ``START:STOP`` with STOP excluded) → (seeds, several); ``None`` → (seed,)."""
-    if spec is None:
-        return (int(seed),), False
-    text = str(spec).strip()
-    try:
-        if re.fullmatch(r"\d+:\d+", text):
-            lo, hi = (int(v) for v in text.split(":"))
-            seeds = tuple(range(lo, hi))
-        else:
-            seeds = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise UsageError(f"--seeds {spec!r}: expected a comma list of non-negative integers or START:STOP") from None
-    if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
-        raise UsageError(f"--seeds {spec!r}: expected distinct non-negative integers, at least one")
-    return seeds, True
-
-
-def parse_shard(spec: str | None, environ=os.environ) -> tuple[int, int] | None:
-    """``--shard I/N`` (0 ≤ I < N) or ``slurm`` (``SLURM_ARRAY_TASK_ID − SLURM_ARRAY_TASK_MIN`` of
-    ``SLURM_ARRAY_TASK_COUNT``) → ``(I, N)``; ``None`` → ``None``."""
-    if spec is None:
-        return None
-    if spec == "slurm":
-        try:
-            task = int(environ["SLURM_ARRAY_TASK_ID"]) - int(environ.get("SLURM_ARRAY_TASK_MIN", "0"))
-            count = int(environ["SLURM_ARRAY_TASK_COUNT"])
-        except (KeyError, ValueError):
-            raise UsageError("--shard slurm: SLURM_ARRAY_TASK_ID and SLURM_ARRAY_TASK_COUNT are not set "
-                             "(run it as a Slurm array job, or give --shard I/N)") from None
-        index, total = task, count
-    else:
-        m = re.fullmatch(r"(\d+)/(\d+)", str(spec).strip())
-        if not m:
-            raise UsageError(f"--shard {spec!r}: expected I/N (worker I of N, 0-based) or 'slurm'")
-        index, total = int(m.group(1)), int(m.group(2))
-    if not 0 <= index < total:
-        raise UsageError(f"--shard {spec!r}: need 0 <= I < N, got I={index}, N={total}")
-    return index, total
 
 
 def shard_part(lams, shard: tuple[int, int] | None) -> list[float]:
@@ -195,21 +150,7 @@ def default_lambda_batch(platform_name: str) -> int:
 def load_inputs(config, jax) -> Inputs:
     """Check every setting and load the anchor and the data; :class:`UsageError` (or the loaders'
     ``DataError``/``AnchorError``) before any work."""
-    lams = results.parse_lambdas(config.lambdas)
-    if config.eigenvectors not in results.EIGVEC_FORMATS:
-        raise UsageError(f"--eigenvectors must be csv, npy or none, got {config.eigenvectors!r}")
-    if config.init not in INITS:
-        raise UsageError(f"--init must be random, anchor or follow, got {config.init!r}")
-    seeds, many = parse_seeds(config.seeds, config.seed)
-    shard = parse_shard(config.shard)
-    if shard is not None and config.distributed:
-        raise UsageError("--shard makes independent workers; --distributed makes one program of several "
-                         "processes: use one or the other")
-    if config.refine and (shard is not None or config.distributed):
-        raise UsageError("--refine decides from every finished λ, so it runs in one process: finish the "
-                         "shards first, then rerun the grid with --refine into the same --out")
-    if config.tfds_dir and config.data_dir:
-        raise UsageError("give either --data-dir (IDX files) or --tfds-dir (a prepared tfds directory)")
+    lams, seeds, many, shard = check_settings(config)
     data = load_dataset(config.dataset, data_dir=config.data_dir, tfds_dir=config.tfds_dir,
                         train_samples=config.train_samples, test_samples=config.test_samples, dtype=config.dtype)
     anchor_path = _anchor_path(config)
