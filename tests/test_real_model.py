@@ -156,7 +156,9 @@ def test_float32_products_keep_their_accuracy_on_confident_samples(setup):
     _, unravel = ravel_pytree(params)
     naive_hv = np.asarray(ravel_pytree(hessjax.hvp(naive_loss, params, unravel(v32)))[0], np.float64)
     naive_errors = (np.linalg.norm(naive_hv - exact) / lam1, np.linalg.norm(naive_grad - grad64) / np.linalg.norm(grad64))
-    # measured: products 7.4 and 7.2 eps·λ₁, gradient 11.4 eps relative; bounds 24 and 40 eps (3.2×, 3.5×).
-    # The naive formulas measure 62 eps·λ₁ and 327 eps: beyond the bounds, and beyond the ratios below.
+    # measured (XLA:CPU rounds differently with and without AVX-512): products 7.4 and 7.2 eps·λ₁, gradient
+    # 11.4 eps relative on a Sapphire Rapids; 15.8, 15.9 and 24.2 eps on an AMD EPYC without AVX-512. Bounds
+    # 24 and 40 eps. The naive formulas measure 62 and 52 eps·λ₁, 327 and 330 eps: beyond the bounds on both.
     assert max(errors) <= 24 * EPS32 and grad_error <= 40 * EPS32, (errors, grad_error, naive_errors)
-    assert naive_errors[0] > 4 * max(errors) and naive_errors[1] > 10 * grad_error, (errors, grad_error, naive_errors)
+    assert naive_errors[0] > 24 * EPS32 and naive_errors[1] > 40 * EPS32, (errors, grad_error, naive_errors)
+    assert naive_errors[0] > 2 * max(errors) and naive_errors[1] > 10 * grad_error, (errors, grad_error, naive_errors)
