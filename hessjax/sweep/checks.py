@@ -85,22 +85,15 @@ def _check_data(config) -> None:
 
 
 def _check_out(out: Path) -> None:
-    """``--out`` is a directory or can be made one: the nearest existing ancestor is a writable directory.
-    (The run itself creates it, and checks a file can be written there, once its inputs have loaded.)"""
+    """``--out`` is a directory or can be made one: it, or else its nearest existing ancestor, is a writable
+    directory. (The run itself creates it, and checks a file can be written there, once its inputs have loaded.)"""
     target = out.expanduser().absolute()
-    if target.exists():
-        if not target.is_dir():
-            raise UsageError(f"--out {str(out)!r} exists and is not a directory")
-        if not os.access(target, os.W_OK | os.X_OK):
-            raise UsageError(f"--out {str(out)!r} is not writable")
-        return
-    for parent in target.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise UsageError(f"--out {str(out)!r} cannot be created: {parent} is not a directory")
-            if not os.access(parent, os.W_OK | os.X_OK):
-                raise UsageError(f"--out {str(out)!r} cannot be created: {parent} is not writable")
-            return
+    found = next(p for p in (target, *target.parents) if p.exists())
+    what = f"--out {str(out)!r}" + ("" if found == target else f" cannot be created: {found}")
+    if not found.is_dir():
+        raise UsageError(f"{what} {'exists and ' if found == target else ''}is not a directory")
+    if not os.access(found, os.W_OK | os.X_OK):
+        raise UsageError(f"{what} is not writable")
 
 
 def parse_seeds(spec: str | None, seed: int) -> tuple[tuple[int, ...], bool]:
