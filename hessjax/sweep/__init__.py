@@ -45,7 +45,7 @@ def run(config: SweepConfig | None = None, **overrides) -> dict:
     :class:`hessjax.bridges.AnchorError` before any work on bad input.
     """
     config = dataclasses.replace(config or SweepConfig(), **overrides)
-    check_settings(config)  # before JAX and torch load: bad input is refused at once
+    settings = check_settings(config)  # before JAX and torch load: bad input is refused at once
     import jax
 
     from .. import results
@@ -56,7 +56,7 @@ def run(config: SweepConfig | None = None, **overrides) -> dict:
     if config.dtype == "float64":
         jax.config.update("jax_enable_x64", True)
     _initialize_distributed(jax, config)
-    inputs = plan.load_inputs(config, jax)
+    inputs = plan.load_inputs(config, jax, settings)
     devices = jax.devices()
     per_device = config.lambda_batch or plan.default_lambda_batch(devices[0].platform)
     global_batch = per_device * len(devices)

@@ -147,10 +147,10 @@ def default_lambda_batch(platform_name: str) -> int:
     return 1 if platform_name == "cpu" else 8
 
 
-def load_inputs(config, jax) -> Inputs:
-    """Check every setting and load the anchor and the data; :class:`UsageError` (or the loaders'
-    ``DataError``/``AnchorError``) before any work."""
-    lams, seeds, many, shard = check_settings(config)
+def load_inputs(config, jax, settings=None) -> Inputs:
+    """Check every setting (``settings``: what :func:`check_settings` returned, if it ran already) and load
+    the anchor and the data; :class:`UsageError` (or the loaders' ``DataError``/``AnchorError``) before any work."""
+    lams, seeds, many, shard = settings or check_settings(config)
     data = load_dataset(config.dataset, data_dir=config.data_dir, tfds_dir=config.tfds_dir,
                         train_samples=config.train_samples, test_samples=config.test_samples, dtype=config.dtype)
     anchor_path = _anchor_path(config)
