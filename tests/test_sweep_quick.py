@@ -152,8 +152,6 @@ def test_bad_input_is_refused_before_jax_or_torch_loads(tmp_path):
     code = ("import json, sys\nfrom hessjax.sweep import main\nresults = []\n"
             "for args in json.loads(sys.argv[1]):\n    results.append(main(['--out', sys.argv[2], *args]))\n"
             "print(json.dumps([results, [m for m in ('jax', 'torch') if m in sys.modules]]))")
-    import json
-
     proc = subprocess.run([sys.executable, "-c", code, json.dumps([a for a, _ in cases]), str(out)],
                           capture_output=True, text=True, timeout=120)
     codes, loaded = json.loads(proc.stdout)
@@ -162,3 +160,11 @@ def test_bad_input_is_refused_before_jax_or_torch_loads(tmp_path):
     for line, (args, message) in zip(lines, cases):
         assert line.startswith("error:") and message in line, (args, line)
     assert not out.exists()
+
+
+def test_the_command_lines_restart_budget_is_the_solvers():
+    """``SweepConfig`` spells the solver's default out (importing it would load JAX): the two must agree."""
+    from hessjax.lanczos import DEFAULT_MAX_RESTARTS
+
+    assert sweep.SweepConfig().max_restarts == DEFAULT_MAX_RESTARTS
+    assert sweep.build_parser().parse_args([]).max_restarts == DEFAULT_MAX_RESTARTS
